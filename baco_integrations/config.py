@@ -1,0 +1,217 @@
+"""Validated settings: the one place where router and sampling options are defined.
+
+The engine validates a :class:`GenerationSettings` once per call, before any model runs; the
+LangChain and LlamaIndex adapters inherit its fields so that every setting has one definition.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+Source = Literal["base", "aligned"]
+Gate = Literal["base", "aligned"]
+
+#: Canonical router names, in the order of ALGORITHM.md's table.
+ROUTER_NAMES: tuple[str, ...] = (
+    "aligned",
+    "base",
+    "random",
+    "P",
+    "H",
+    "PUNC",
+    "FC",
+    "P-PUNC",
+    "H-PUNC",
+    "P-FC",
+    "H-FC",
+    "nudging",
+)
+_CANONICAL = {name.lower(): name for name in ROUTER_NAMES}
+
+#: gamma used when a router reads it and the user gave none. P-style thresholds are
+#: probabilities, H-style ones are entropies in nats.
+DEFAULT_GAMMA: dict[str, float] = {
+    "random": 0.5,
+    "P": 0.5,
+    "P-PUNC": 0.5,
+    "P-FC": 0.5,
+    "H": 1.0,
+    "H-PUNC": 1.0,
+    "H-FC": 1.0,
+    "nudging": 0.3,
+}
+_PROBABILITY_GAMMA = {"random", "P", "P-PUNC", "P-FC", "nudging"}
+
+DEFAULT_BASE_TEMPLATE = "{prompt}\n"
+
+
+def canonical_router_name(name: str) -> str:
+    """Map a case-insensitive router name to its canonical spelling, or raise ``ValueError``."""
+    canonical = _CANONICAL.get(name.strip().lower())
+    if canonical is None:
+        raise ValueError(
+            f"router={name!r} is not a known router; allowed values: {', '.join(ROUTER_NAMES)} "
+            "or a callable router"
+        )
+    return canonical
+
+
+class RouterConfig(BaseModel):
+    """Which router decides the source of each word, and its knob.
+
+    ``strategy`` is a router name (case-insensitive) or a callable router (see
+    :class:`baco_integrations.routers.Router`). ``gamma`` is the router's threshold: a
+    probability in [0, 1] for ``random``/``P*``/``nudging``, an entropy in nats (>= 0) for
+    ``H*``; when omitted the router's documented default applies. ``gate`` picks the model
+    whose distribution the logit rules read.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
+
+    strategy: str | Callable[..., Any] = "P-PUNC"
+    gamma: float | None = None
+    gate: Gate = "base"
+
+    @field_validator("strategy", mode="before")
+    @classmethod
+    def _check_strategy(cls, value: object) -> object:
+        if isinstance(value, str):
+            return canonical_router_name(value)
+        if callable(value):
+            return value
+        raise ValueError(
+            f"router must be a router name ({', '.join(ROUTER_NAMES)}) or a callable, "
+            f"got {type(value).__name__}"
+        )
+
+    @model_validator(mode="after")
+    def _check_gamma(self) -> RouterConfig:
+        if self.gamma is None:
+            return self
+        if not math.isfinite(self.gamma):
+            raise ValueError(f"gamma={self.gamma} must be a finite number")
+        if isinstance(self.strategy, str) and self.strategy in _PROBABILITY_GAMMA:
+            if not 0.0 <= self.gamma <= 1.0:
+                raise ValueError(
+                    f"gamma={self.gamma} is out of range for router {self.strategy!r}: "
+                    "allowed values are probabilities in [0, 1]"
+                )
+        elif self.gamma < 0.0:
+            raise ValueError(f"gamma={self.gamma} is out of range: allowed values are >= 0")
+        return self
+
+    @property
+    def name(self) -> str:
+        """The router's name (a callable router's ``__name__``)."""
+        if isinstance(self.strategy, str):
+            return self.strategy
+        return getattr(self.strategy, "__name__", type(self.strategy).__name__)
+
+    @property
+    def resolved_gamma(self) -> float:
+        """gamma, or the router's default when none was given (0.0 for routers without one)."""
+        if self.gamma is not None:
+            return self.gamma
+        return DEFAULT_GAMMA.get(self.name, 0.0)
+
+
+class GenerationSettings(BaseModel):
+    """Every router and sampling setting of one BACO call.
+
+    ``gamma`` and ``gate`` override the values of a :class:`RouterConfig` passed as
+    ``router``; left as ``None`` they keep them (or the router's defaults).
+    """
+
+    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True, validate_assignment=True)
+
+    router: str | RouterConfig | Callable[..., Any] = Field(
+        default="P-PUNC", description="Router name, RouterConfig or callable router."
+    )
+    gamma: float | None = Field(default=None, description="Router threshold (see RouterConfig).")
+    gate: Gate | None = Field(default=None, description="Model whose distribution P/H rules read.")
+    n: int = Field(default=1, ge=1, description="Samples per prompt.")
+    max_new_tokens: int = Field(default=128, ge=1, description="Most tokens generated per sample.")
+    temperature: float = Field(default=1.0, ge=0.0, description="0 means greedy decoding.")
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0, description="Nucleus sampling mass.")
+    top_k: int = Field(default=0, ge=0, description="Keep the k most likely tokens; 0 disables.")
+    min_p: float = Field(default=0.0, ge=0.0, le=1.0, description="Min-p truncation; 0 disables.")
+    stop: list[str] | None = Field(default=None, description="Stop strings; output is cut before.")
+    seed: int | None = Field(default=None, description="Seed for reproducible sampling.")
+    system_prompt: str | None = Field(default=None, description="System prompt (aligned model).")
+    base_template: str = Field(
+        default=DEFAULT_BASE_TEMPLATE, description="Plain-text template for the base model."
+    )
+
+    @field_validator("stop", mode="before")
+    @classmethod
+    def _check_stop(cls, value: object) -> object:
+        if value is None:
+            return None
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list | tuple) or not all(isinstance(s, str) for s in value):
+            raise ValueError("stop must be a string or a list of strings")
+        if any(s == "" for s in value):
+            raise ValueError("stop strings must be non-empty")
+        return list(value) or None
+
+    @field_validator("base_template")
+    @classmethod
+    def _check_template(cls, value: str) -> str:
+        if "{prompt}" not in value:
+            raise ValueError("base_template must contain the placeholder '{prompt}'")
+        try:
+            value.format(prompt="")
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ValueError(
+                f"base_template may only use the placeholder '{{prompt}}' ({exc!r}); "
+                "write literal braces as '{{' and '}}'"
+            ) from exc
+        return value
+
+    @field_validator("router", mode="before")
+    @classmethod
+    def _check_router(cls, value: object) -> object:
+        if isinstance(value, str):
+            return canonical_router_name(value)
+        if isinstance(value, RouterConfig) or callable(value):
+            return value
+        raise ValueError(
+            f"router must be a router name ({', '.join(ROUTER_NAMES)}), a RouterConfig or a "
+            f"callable, got {type(value).__name__}"
+        )
+
+    @model_validator(mode="after")
+    def _check_router_gamma(self) -> GenerationSettings:
+        self.router_config()  # surfaces an out-of-range gamma at validation time
+        return self
+
+    def router_config(self) -> RouterConfig:
+        """The effective router configuration, with ``gamma``/``gate`` overrides applied."""
+        if isinstance(self.router, RouterConfig):
+            base = self.router
+            return RouterConfig(
+                strategy=base.strategy,
+                gamma=self.gamma if self.gamma is not None else base.gamma,
+                gate=self.gate if self.gate is not None else base.gate,
+            )
+        return RouterConfig(strategy=self.router, gamma=self.gamma, gate=self.gate or "base")
+
+    def updated(self, **overrides: Any) -> GenerationSettings:
+        """A validated copy with ``overrides`` applied; unknown names raise ``ValueError``."""
+        unknown = sorted(set(overrides) - set(type(self).model_fields))
+        if unknown:
+            raise ValueError(
+                f"unknown setting(s) {', '.join(unknown)}; allowed settings: "
+                f"{', '.join(type(self).model_fields)}"
+            )
+        # Attribute values, not model_dump(): a RouterConfig or callable router must stay as is.
+        current = {name: getattr(self, name) for name in type(self).model_fields}
+        return type(self).model_validate({**current, **overrides})
+
+
+SETTING_NAMES: tuple[str, ...] = tuple(GenerationSettings.model_fields)

@@ -1,0 +1,612 @@
+"""The BACO engine: one continuation decoded by a base model and its aligned counterpart.
+
+At every step both models' next-token distributions are available; a token that continues the
+current word comes from the model that wrote the previous token, and at a word boundary the
+router picks the model whose (tempered, truncated) distribution the token is drawn from. The
+token is appended for both models, each of which keeps its own KV cache.
+
+This module knows nothing of LangChain or LlamaIndex.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    DynamicCache,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+
+from .config import GenerationSettings, Source
+from .detokenize import IncrementalDetokenizer
+from .outputs import BacoChunk, BacoOutput, FinishReason
+from .prompts import Prompt, aligned_ids, base_ids, normalize_prompts
+from .routers import NO_SOURCE, RouterInputs, build_router
+from .sampling import Sampler
+from .vocab import VocabMasks, build_vocab_masks
+
+#: Special tokens that end an assistant turn in common chat templates.
+END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>", "<|endoftext|>")
+
+
+def _eos_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, chat: bool) -> set[int]:
+    ids: set[int] = set()
+    for value in (
+        tokenizer.eos_token_id,
+        getattr(getattr(model, "generation_config", None), "eos_token_id", None),
+        model.config.get_text_config().eos_token_id,
+    ):
+        if isinstance(value, int):
+            ids.add(value)
+        elif isinstance(value, list | tuple):
+            ids.update(int(v) for v in value)
+    if chat:
+        vocab = tokenizer.get_vocab()
+        special = set(tokenizer.all_special_tokens) | {
+            str(t) for t in getattr(tokenizer, "added_tokens_decoder", {}).values()
+        }
+        ids.update(vocab[t] for t in END_OF_TURN_TOKENS if t in vocab and t in special)
+    return ids
+
+
+def _context_window(model: PreTrainedModel) -> int | None:
+    window = getattr(model.config.get_text_config(), "max_position_embeddings", None)
+    return int(window) if isinstance(window, int) and window > 0 else None
+
+
+def _input_device(model: PreTrainedModel) -> torch.device:
+    return model.get_input_embeddings().weight.device
+
+
+def resolve_dtype(dtype: str | torch.dtype, device: str | torch.device | None) -> torch.dtype:
+    """``"auto"`` is bfloat16 on CUDA and float32 elsewhere; names map to ``torch`` dtypes."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype == "auto":
+        on_cuda = device is not None and str(device).startswith("cuda")
+        return torch.bfloat16 if on_cuda else torch.float32
+    resolved = getattr(torch, str(dtype), None)
+    if not isinstance(resolved, torch.dtype) or not resolved.is_floating_point:
+        raise ValueError(
+            f"dtype={dtype!r} is not a floating-point torch dtype; allowed values: 'auto', "
+            "'float32', 'bfloat16', 'float16' or a torch.dtype"
+        )
+    return resolved
+
+
+def _split_gguf(path: str | os.PathLike[str], gguf_file: str | None) -> tuple[str, str | None]:
+    """Let a user pass a ``.gguf`` file path directly instead of (directory, file name)."""
+    text = os.fspath(path)
+    if gguf_file is None and text.endswith(".gguf") and Path(text).is_file():
+        return str(Path(text).parent), Path(text).name
+    return text, gguf_file
+
+
+class _ModelState:
+    """One model's KV cache, attention mask and positions during a decoding run."""
+
+    def __init__(self, model: PreTrainedModel, vocab_size: int, decode_device: torch.device):
+        self.model = model
+        self.vocab_size = vocab_size
+        self.decode_device = decode_device
+        self.device = _input_device(model)
+        self.cache: DynamicCache | None = None
+        self.mask = torch.empty(0)
+        self.length = 0
+        self.positions = torch.empty(0)
+        self.forward_passes = 0
+        self.forward_tokens = 0
+
+    @torch.inference_mode()
+    def prefill(
+        self, prompts: Sequence[list[int]], n: int, pad_id: int, max_new_tokens: int
+    ) -> torch.Tensor:
+        """Run the left-padded prompts once and share each prompt's cache with its n samples.
+
+        Returns next-token logits, shape ``[len(prompts) * n, vocab]``, float32.
+        """
+        width = max(len(p) for p in prompts)
+        ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(prompts), width), dtype=torch.long)
+        for row, prompt in enumerate(prompts):
+            ids[row, width - len(prompt) :] = torch.tensor(prompt, dtype=torch.long)
+            mask[row, width - len(prompt) :] = 1
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        positions = (mask.cumsum(-1) - 1).clamp_min(0)
+        self.cache = DynamicCache(config=self.model.config)
+        out = self.model(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=positions,
+            past_key_values=self.cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        self.forward_passes += 1
+        self.forward_tokens += int(mask.sum())
+        if n > 1:
+            self.cache.batch_repeat_interleave(n)
+        # Preallocated so that each step slices instead of concatenating (no quadratic copies).
+        self.mask = torch.zeros(
+            (len(prompts) * n, width + max_new_tokens), dtype=torch.long, device=self.device
+        )
+        self.mask[:, :width] = mask.repeat_interleave(n, dim=0)
+        self.length = width
+        self.positions = positions[:, -1].repeat_interleave(n, dim=0) + 1
+        logits = out.logits[:, -1, : self.vocab_size].float().repeat_interleave(n, dim=0)
+        return logits.to(self.decode_device)
+
+    @torch.inference_mode()
+    def step(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Append one token per row and return the next-token logits."""
+        self.mask[:, self.length] = 1
+        self.length += 1
+        out = self.model(
+            input_ids=tokens.to(self.device)[:, None],
+            attention_mask=self.mask[:, : self.length],
+            position_ids=self.positions[:, None],
+            past_key_values=self.cache,
+            use_cache=True,
+        )
+        self.positions = self.positions + 1
+        self.forward_passes += 1
+        self.forward_tokens += int(tokens.shape[0])
+        return out.logits[:, -1, : self.vocab_size].float().to(self.decode_device)
+
+
+@dataclass
+class _Sample:
+    """The growing text of one sample, its tokens and where each token's text ends."""
+
+    prompt_index: int
+    sample_index: int
+    prompt_tokens: int
+    detokenizer: IncrementalDetokenizer
+    token_ids: list[int] = field(default_factory=list)
+    sources: list[Source] = field(default_factory=list)
+    ends: list[int] = field(default_factory=list)
+    text: str = ""
+    finish_reason: FinishReason | None = None
+    emitted_tokens: int = 0
+
+    def append(self, token_id: int, source: Source) -> str:
+        delta = self.detokenizer.push(token_id)
+        self.text += delta
+        self.token_ids.append(token_id)
+        self.sources.append(source)
+        self.ends.append(len(self.text))
+        return delta
+
+    def finish(self, reason: FinishReason) -> None:
+        tail = self.detokenizer.flush()
+        if tail:
+            self.text += tail
+            self.ends[-1] = len(self.text)
+        self.finish_reason = reason
+
+    def check_stop(self, stops: Sequence[str], delta: str) -> bool:
+        """Cut the text before the first stop string that ``delta`` completed."""
+        if not delta:
+            return False
+        longest = max(len(s) for s in stops)
+        start = max(0, len(self.text) - len(delta) - longest + 1)
+        hits = [i for s in stops if (i := self.text.find(s, start)) >= 0]
+        if not hits:
+            return False
+        cut = min(hits)
+        # keep the tokens whose text starts before the cut
+        keep = sum(1 for i in range(len(self.ends)) if (self.ends[i - 1] if i else 0) < cut)
+        del self.token_ids[keep:], self.sources[keep:], self.ends[keep:]
+        self.text = self.text[:cut]
+        if self.ends:
+            self.ends[-1] = min(self.ends[-1], cut)
+        self.finish_reason = "stop"
+        return True
+
+    def safe_length(self, stops: Sequence[str] | None) -> int:
+        """How much text can be streamed: all but a suffix that may begin a stop string."""
+        if self.finish_reason is not None or not stops:
+            return len(self.text)
+        held = 0
+        for stop in stops:
+            for k in range(min(len(stop) - 1, len(self.text)), held, -1):
+                if self.text.endswith(stop[:k]):
+                    held = k
+                    break
+        return len(self.text) - held
+
+    def output(self) -> BacoOutput:
+        return BacoOutput(
+            text=self.text,
+            token_ids=tuple(self.token_ids),
+            sources=tuple(self.sources),
+            finish_reason=self.finish_reason or "length",
+            prompt_index=self.prompt_index,
+            sample_index=self.sample_index,
+            prompt_tokens=self.prompt_tokens,
+        )
+
+
+@dataclass
+class DecodeStats:
+    """Work done by one call: forward passes and tokens run through each model."""
+
+    steps: int = 0
+    base_forward_passes: int = 0
+    aligned_forward_passes: int = 0
+    base_forward_tokens: int = 0
+    aligned_forward_tokens: int = 0
+
+
+@dataclass
+class _Job:
+    """A validated call, ready to decode."""
+
+    settings: GenerationSettings
+    prompts: list[Prompt]
+    base_prompt_ids: list[list[int]]
+    aligned_prompt_ids: list[list[int]]
+    router: Callable[[RouterInputs], torch.Tensor]
+    sampler: Sampler
+    max_steps: int
+    samples: list[_Sample]
+    stats: DecodeStats = field(default_factory=DecodeStats)
+
+    def outputs(self) -> list[list[BacoOutput]]:
+        n = self.settings.n
+        return [
+            [s.output() for s in self.samples[i * n : (i + 1) * n]]
+            for i in range(len(self.prompts))
+        ]
+
+
+class BacoEngine:
+    """Collaborative decoding with a base model and its aligned counterpart.
+
+    Both models must share a tokenizer vocabulary. Calls are serialised by a lock, so threads
+    may share one engine: concurrent calls wait their turn.
+    """
+
+    def __init__(
+        self,
+        base_model: PreTrainedModel,
+        aligned_model: PreTrainedModel,
+        base_tokenizer: PreTrainedTokenizerBase,
+        aligned_tokenizer: PreTrainedTokenizerBase | None = None,
+    ) -> None:
+        aligned_tokenizer = aligned_tokenizer or base_tokenizer
+        if base_tokenizer.get_vocab() != aligned_tokenizer.get_vocab():
+            raise ValueError(
+                "the base and aligned tokenizers differ (vocabularies of "
+                f"{len(base_tokenizer)} and {len(aligned_tokenizer)} tokens); BACO needs the "
+                "two models of one family, sharing a tokenizer"
+            )
+        self.base_model = base_model.eval()
+        self.aligned_model = aligned_model.eval()
+        self.base_tokenizer = base_tokenizer
+        self.aligned_tokenizer = aligned_tokenizer
+        self.device = _input_device(aligned_model)
+        base_vocab = base_model.get_output_embeddings().weight.shape[0]
+        aligned_vocab = aligned_model.get_output_embeddings().weight.shape[0]
+        self.vocab_size = min(base_vocab, aligned_vocab, len(aligned_tokenizer))
+        self.masks: VocabMasks = build_vocab_masks(aligned_tokenizer, self.vocab_size, self.device)
+        self.eos_ids = _eos_ids(base_model, base_tokenizer, chat=False) | _eos_ids(
+            aligned_model, aligned_tokenizer, chat=True
+        )
+        windows = [w for w in map(_context_window, (base_model, aligned_model)) if w]
+        self.context_window: int | None = min(windows) if windows else None
+        self.pad_token_id = next(
+            t
+            for t in (aligned_tokenizer.pad_token_id, aligned_tokenizer.eos_token_id, 0)
+            if t is not None
+        )
+        self._lock = threading.Lock()
+        self.last_stats = DecodeStats()
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        base: str | os.PathLike[str],
+        aligned: str | os.PathLike[str],
+        *,
+        device: str | torch.device | None = "cpu",
+        dtype: str | torch.dtype = "auto",
+        device_map: str | dict[str, Any] | None = None,
+        base_gguf_file: str | None = None,
+        aligned_gguf_file: str | None = None,
+        trust_remote_code: bool = False,
+        revision: str | None = None,
+        **model_kwargs: Any,
+    ) -> BacoEngine:
+        """Load a (base, aligned) pair from hub ids, local directories or GGUF files.
+
+        ``device_map`` (e.g. ``"auto"``) shards with accelerate instead of moving to
+        ``device``. ``dtype="auto"`` is bfloat16 on CUDA, float32 otherwise.
+        """
+        torch_dtype = resolve_dtype(dtype, device if device_map is None else "cuda")
+        loaded: list[tuple[PreTrainedModel, PreTrainedTokenizerBase]] = []
+        for path, gguf_file in ((base, base_gguf_file), (aligned, aligned_gguf_file)):
+            location, gguf = _split_gguf(path, gguf_file)
+            common: dict[str, Any] = {"trust_remote_code": trust_remote_code, "revision": revision}
+            if gguf is not None:
+                common["gguf_file"] = gguf
+            tokenizer = AutoTokenizer.from_pretrained(location, **common)
+            model = AutoModelForCausalLM.from_pretrained(
+                location, dtype=torch_dtype, device_map=device_map, **common, **model_kwargs
+            )
+            if device_map is None and device is not None:
+                model = model.to(device)
+            loaded.append((model, tokenizer))
+        (base_model, base_tokenizer), (aligned_model, aligned_tokenizer) = loaded
+        return cls(base_model, aligned_model, base_tokenizer, aligned_tokenizer)
+
+    # ----------------------------------------------------------------- prompts
+
+    def encode_prompts(
+        self,
+        prompt: Prompt,
+        system_prompt: str | None = None,
+        base_template: str | None = None,
+    ) -> dict[str, list[int]]:
+        """The token ids each model is conditioned on for ``prompt``."""
+        settings = GenerationSettings(
+            system_prompt=system_prompt,
+            **({"base_template": base_template} if base_template is not None else {}),
+        )
+        (single,) = normalize_prompts([prompt])
+        return {
+            "base": base_ids(self.base_tokenizer, single, settings.base_template),
+            "aligned": aligned_ids(
+                self.aligned_tokenizer, single, settings.system_prompt, settings.base_template
+            ),
+        }
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens in ``text`` under the aligned tokenizer (no special tokens)."""
+        return len(self.aligned_tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    @property
+    def model_names(self) -> dict[str, str]:
+        return {
+            "base": str(getattr(self.base_model.config, "name_or_path", "") or "base"),
+            "aligned": str(getattr(self.aligned_model.config, "name_or_path", "") or "aligned"),
+        }
+
+    # ----------------------------------------------------------------- public calls
+
+    def resolve_settings(
+        self, settings: GenerationSettings | None = None, **overrides: Any
+    ) -> GenerationSettings:
+        """Validate a call's settings: ``settings`` (or defaults) with ``overrides`` applied."""
+        base = settings if settings is not None else GenerationSettings()
+        return base.updated(**overrides) if overrides else base
+
+    def generate(
+        self,
+        prompts: Prompt | Sequence[Prompt],
+        *,
+        settings: GenerationSettings | None = None,
+        **overrides: Any,
+    ) -> list[list[BacoOutput]]:
+        """Decode ``n`` samples for each prompt; ``outputs[i][j]`` is sample j of prompt i."""
+        job = self._prepare(prompts, self.resolve_settings(settings, **overrides))
+        with self._lock:
+            for _ in self._decode(job):
+                pass
+        return job.outputs()
+
+    def stream(
+        self,
+        prompt: Prompt,
+        *,
+        settings: GenerationSettings | None = None,
+        **overrides: Any,
+    ) -> Iterator[BacoChunk]:
+        """Stream one prompt's samples as text deltas, each tagged with its source model.
+
+        Settings are validated here, before iteration starts. Closing the iterator early stops
+        decoding and frees the caches.
+        """
+        if not (isinstance(prompt, str) or isinstance(prompt, Sequence)):
+            raise ValueError(f"prompt must be a string or a conversation, got {type(prompt)}")
+        if isinstance(prompt, Sequence) and not isinstance(prompt, str):
+            if prompt and all(isinstance(p, str) for p in prompt):
+                raise ValueError("stream takes one prompt; use generate for a list of prompts")
+        job = self._prepare([prompt], self.resolve_settings(settings, **overrides))
+        return self._stream(job)
+
+    # ----------------------------------------------------------------- internals
+
+    def _prepare(self, prompts: object, settings: GenerationSettings) -> _Job:
+        batch = normalize_prompts(prompts)
+        base_prompt_ids = [base_ids(self.base_tokenizer, p, settings.base_template) for p in batch]
+        aligned_prompt_ids = [
+            aligned_ids(self.aligned_tokenizer, p, settings.system_prompt, settings.base_template)
+            for p in batch
+        ]
+        longest = max(len(ids) for ids in base_prompt_ids + aligned_prompt_ids)
+        max_steps = settings.max_new_tokens
+        if self.context_window is not None:
+            if longest >= self.context_window:
+                raise ValueError(
+                    f"prompt is too long: {longest} tokens, but the models' context window is "
+                    f"{self.context_window} tokens"
+                )
+            max_steps = min(max_steps, self.context_window - longest)
+        samples = [
+            _Sample(i, j, len(aligned_prompt_ids[i]), IncrementalDetokenizer(self.aligned_tokenizer))
+            for i in range(len(batch))
+            for j in range(settings.n)
+        ]
+        return _Job(
+            settings=settings,
+            prompts=batch,
+            base_prompt_ids=base_prompt_ids,
+            aligned_prompt_ids=aligned_prompt_ids,
+            router=build_router(settings.router_config()),
+            sampler=Sampler(
+                settings.temperature, settings.top_k, settings.top_p, settings.min_p
+            ),
+            max_steps=max_steps,
+            samples=samples,
+        )
+
+    def _generator(self, seed: int | None) -> torch.Generator:
+        generator = torch.Generator(device=self.device)
+        if seed is None:
+            generator.seed()
+        else:
+            generator.manual_seed(seed)
+        return generator
+
+    def _choose(
+        self,
+        job: _Job,
+        base_logits: torch.Tensor,
+        aligned_logits: torch.Tensor,
+        prev_sources: torch.Tensor,
+        step: int,
+        generator: torch.Generator,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pick each row's next token and its source (True = base) for one step."""
+        sampler, masks = job.sampler, self.masks
+        base_tempered = sampler.temper(base_logits)
+        aligned_tempered = sampler.temper(aligned_logits)
+        inputs = RouterInputs(
+            base_probs=torch.softmax(base_tempered, dim=-1),
+            aligned_probs=torch.softmax(aligned_tempered, dim=-1),
+            prev_sources=prev_sources,
+            step=step,
+            masks=masks,
+            generator=generator,
+        )
+        base_scores = sampler.truncate(base_tempered)
+        aligned_scores = sampler.truncate(aligned_tempered)
+
+        has_prev = prev_sources != NO_SOURCE
+        prev_base = prev_sources == 1
+        # The previous model proposes the next token; if it continues the word, it stays.
+        stay = sampler.draw(torch.where(prev_base[:, None], base_scores, aligned_scores), generator)
+        boundary = ~has_prev | ~masks.continuation[stay]
+        want_base = job.router(inputs)
+        if not isinstance(want_base, torch.Tensor) or want_base.shape != prev_sources.shape:
+            raise ValueError(
+                "router must return a boolean tensor of shape [batch] "
+                f"({prev_sources.shape[0]},), got {getattr(want_base, 'shape', type(want_base))}"
+            )
+        want_base = want_base.to(device=prev_sources.device, dtype=torch.bool)
+        switch = boundary & (~has_prev | (want_base != prev_base))
+        # The incoming model starts a new word: it may not continue the other model's word.
+        fresh_scores = torch.where(want_base[:, None], base_scores, aligned_scores)
+        blocked = (switch & has_prev)[:, None] & masks.continuation[None, :]
+        fresh_scores = fresh_scores.masked_fill(blocked, float("-inf"))
+        switch &= torch.isfinite(fresh_scores).any(dim=-1)
+        fresh = sampler.draw(fresh_scores, generator)
+        tokens = torch.where(switch, fresh, stay)
+        sources = torch.where(switch, want_base, prev_base)
+        return tokens, sources
+
+    def _decode(self, job: _Job) -> Iterator[list[int]]:
+        """Run the decoding loop; after each step yield the indices of samples that changed."""
+        settings = job.settings
+        stops = settings.stop
+        samples = job.samples
+        base = _ModelState(self.base_model, self.vocab_size, self.device)
+        aligned = _ModelState(self.aligned_model, self.vocab_size, self.device)
+        generator = self._generator(settings.seed)
+        try:
+            base_logits = base.prefill(
+                job.base_prompt_ids, settings.n, self.pad_token_id, job.max_steps
+            )
+            aligned_logits = aligned.prefill(
+                job.aligned_prompt_ids, settings.n, self.pad_token_id, job.max_steps
+            )
+            prev_sources = torch.full(
+                (len(samples),), NO_SOURCE, dtype=torch.long, device=self.device
+            )
+            for step in range(job.max_steps):
+                tokens, from_base = self._choose(
+                    job, base_logits, aligned_logits, prev_sources, step, generator
+                )
+                prev_sources = from_base.long()
+                job.stats.steps += 1
+                changed: list[int] = []
+                last_step = step == job.max_steps - 1
+                for index, (token, is_base) in enumerate(
+                    zip(tokens.tolist(), from_base.tolist(), strict=True)
+                ):
+                    sample = samples[index]
+                    if sample.finish_reason is not None:
+                        continue
+                    changed.append(index)
+                    if token in self.eos_ids:
+                        sample.finish("stop")
+                        continue
+                    delta = sample.append(token, "base" if is_base else "aligned")
+                    if stops and sample.check_stop(stops, delta):
+                        continue
+                    if last_step:
+                        sample.finish("length")
+                yield changed
+                if all(s.finish_reason is not None for s in samples):
+                    break
+                base_logits = base.step(tokens)
+                aligned_logits = aligned.step(tokens)
+        finally:
+            job.stats.base_forward_passes = base.forward_passes
+            job.stats.aligned_forward_passes = aligned.forward_passes
+            job.stats.base_forward_tokens = base.forward_tokens
+            job.stats.aligned_forward_tokens = aligned.forward_tokens
+            self.last_stats = job.stats
+            # Free both caches now rather than when the generator is collected.
+            base.cache = aligned.cache = None
+
+    def _stream(self, job: _Job) -> Iterator[BacoChunk]:
+        stops = job.settings.stop
+        with self._lock:
+            decoding = self._decode(job)
+            try:
+                for changed in decoding:
+                    for index in changed:
+                        yield from self._chunks(job.samples[index], stops)
+            finally:
+                decoding.close()
+
+    @staticmethod
+    def _chunks(sample: _Sample, stops: Sequence[str] | None) -> Iterator[BacoChunk]:
+        """Chunks for the tokens of ``sample`` whose text is now safe to show."""
+        safe = sample.safe_length(stops)
+        start = sample.ends[sample.emitted_tokens - 1] if sample.emitted_tokens else 0
+        pending: list[int] = []
+        while sample.emitted_tokens < len(sample.token_ids):
+            i = sample.emitted_tokens
+            end = sample.ends[i]
+            if end > safe:
+                break
+            pending.append(sample.token_ids[i])
+            sample.emitted_tokens += 1
+            if end > start:  # a token with no text yet (half a character) joins the next chunk
+                yield BacoChunk(
+                    text=sample.text[start:end],
+                    source=sample.sources[i],
+                    token_ids=tuple(pending),
+                    sample_index=sample.sample_index,
+                )
+                pending, start = [], end
+        if sample.finish_reason is not None:
+            yield BacoChunk(
+                text=sample.text[start:],
+                source=sample.sources[-1] if sample.sources and sample.text[start:] else None,
+                token_ids=tuple(pending),
+                sample_index=sample.sample_index,
+                finish_reason=sample.finish_reason,
+            )

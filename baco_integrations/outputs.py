@@ -1,0 +1,53 @@
+"""What the engine returns: finished samples and streamed chunks."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from .config import Source
+
+FinishReason = Literal["stop", "length"]
+
+
+@dataclass(frozen=True)
+class BacoOutput:
+    """One finished sample.
+
+    ``token_ids`` are the generated ids in the aligned tokenizer's vocabulary, without the
+    end-of-sequence token and without tokens that lie wholly after a stop string; ``sources``
+    has one entry per id.
+    """
+
+    text: str
+    token_ids: tuple[int, ...]
+    sources: tuple[Source, ...]
+    finish_reason: FinishReason
+    prompt_index: int = 0
+    sample_index: int = 0
+    prompt_tokens: int = 0
+
+    @property
+    def base_fraction(self) -> float:
+        """Share of generated tokens that the base model wrote (0.0 for an empty output)."""
+        if not self.sources:
+            return 0.0
+        return sum(source == "base" for source in self.sources) / len(self.sources)
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.token_ids)
+
+
+@dataclass(frozen=True)
+class BacoChunk:
+    """A streamed piece of one sample: new text and the model it came from.
+
+    The last chunk of a sample has ``finish_reason`` set (its text may be empty).
+    """
+
+    text: str
+    source: Source | None
+    token_ids: tuple[int, ...] = ()
+    sample_index: int = 0
+    finish_reason: FinishReason | None = None

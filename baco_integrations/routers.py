@@ -1,0 +1,202 @@
+"""Routers: at each word boundary, decide per row whether the base model writes the next word.
+
+Every router, built-in or user-supplied, is a callable ``router(inputs: RouterInputs) ->
+torch.BoolTensor[batch]`` where True means "base". The engine calls it once per decoding step
+for the whole batch and applies the result only to rows that are at a word boundary (all other
+rows keep the model that wrote the previous token), so routers never deal with words.
+
+A router may declare ``needs``: the sources whose distributions it reads. Lazy decoding skips
+the forward pass of a model that no router step needs (see ALGORITHM.md, Cost).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+import torch
+
+from .config import RouterConfig, Source
+from .vocab import VocabMasks
+
+SOURCE_ALIGNED = 0
+SOURCE_BASE = 1
+NO_SOURCE = -1
+
+
+@dataclass(frozen=True)
+class RouterInputs:
+    """What a router sees at one decoding step.
+
+    ``base_probs`` and ``aligned_probs`` are the models' next-token distributions after
+    temperature (before top-k/top-p/min-p truncation), shape ``[batch, vocab]``; at
+    temperature 0 they are the plain softmax. ``prev_sources`` holds, per row, the source of
+    the previous token: 1 base, 0 aligned, -1 none yet.
+    """
+
+    base_probs: torch.Tensor
+    aligned_probs: torch.Tensor
+    prev_sources: torch.Tensor
+    step: int
+    masks: VocabMasks
+    generator: torch.Generator | None = None
+
+    def probs(self, source: Source) -> torch.Tensor:
+        return self.base_probs if source == "base" else self.aligned_probs
+
+    @property
+    def batch_size(self) -> int:
+        return int(self.prev_sources.shape[0])
+
+    @property
+    def device(self) -> torch.device:
+        return self.prev_sources.device
+
+
+@runtime_checkable
+class Router(Protocol):
+    """The router interface: a callable returning True (base) or False (aligned) per row."""
+
+    def __call__(self, inputs: RouterInputs) -> torch.Tensor: ...
+
+
+BOTH: frozenset[Source] = frozenset({"base", "aligned"})
+
+
+def router_needs(router: Callable[[RouterInputs], torch.Tensor]) -> frozenset[Source]:
+    """The distributions ``router`` reads; a router that does not say is assumed to read both."""
+    return frozenset(getattr(router, "needs", BOTH))
+
+
+class ConstantRouter:
+    """``aligned`` / ``base``: always the same model (the single-model baselines)."""
+
+    needs: frozenset[Source] = frozenset()
+
+    def __init__(self, source: Source) -> None:
+        self.source = source
+
+    def __call__(self, inputs: RouterInputs) -> torch.Tensor:
+        return torch.full(
+            (inputs.batch_size,), self.source == "base", dtype=torch.bool, device=inputs.device
+        )
+
+
+class RandomRouter:
+    """``random``: base with probability gamma at each word boundary (the RAND ablation)."""
+
+    needs: frozenset[Source] = frozenset()
+
+    def __init__(self, gamma: float) -> None:
+        self.gamma = gamma
+
+    def __call__(self, inputs: RouterInputs) -> torch.Tensor:
+        draws = torch.rand(inputs.batch_size, generator=inputs.generator, device=inputs.device)
+        return draws < self.gamma
+
+
+class ProbabilityRouter:
+    """``P``: base when the gate model is unsure, i.e. ``max_y P_gate(y) < gamma``.
+
+    Larger gamma sends more words to the base model (more diversity).
+    """
+
+    def __init__(self, gamma: float, gate: Source = "base") -> None:
+        self.gamma = gamma
+        self.gate = gate
+        self.needs: frozenset[Source] = frozenset({gate})
+
+    def __call__(self, inputs: RouterInputs) -> torch.Tensor:
+        return inputs.probs(self.gate).amax(dim=-1) < self.gamma
+
+
+class EntropyRouter:
+    """``H``: base when the gate distribution's entropy (nats) exceeds gamma.
+
+    Smaller gamma sends more words to the base model.
+    """
+
+    def __init__(self, gamma: float, gate: Source = "base") -> None:
+        self.gamma = gamma
+        self.gate = gate
+        self.needs: frozenset[Source] = frozenset({gate})
+
+    def __call__(self, inputs: RouterInputs) -> torch.Tensor:
+        probs = inputs.probs(self.gate)
+        entropy = -(probs * probs.clamp_min(1e-30).log()).sum(dim=-1)
+        return entropy > self.gamma
+
+
+class ContentRouter:
+    """``PUNC`` / ``FC``: aligned when its top-1 token is in a class, else base.
+
+    The class is punctuation/formatting (``PUNC``) or function words (``FC``); the top-1 token
+    is read from the aligned model (ours: the aligned model is the better judge of structure).
+    """
+
+    needs: frozenset[Source] = frozenset({"aligned"})
+
+    def __init__(self, token_class: str) -> None:
+        if token_class not in ("punctuation", "function_word"):
+            raise ValueError(f"token_class={token_class!r}: allowed 'punctuation', 'function_word'")
+        self.token_class = token_class
+
+    def locked(self, inputs: RouterInputs) -> torch.Tensor:
+        """Rows whose aligned top-1 token is in the class (locked to the aligned model)."""
+        mask: torch.Tensor = getattr(inputs.masks, self.token_class)
+        top1 = inputs.aligned_probs.argmax(dim=-1)
+        return mask[top1]
+
+    def __call__(self, inputs: RouterInputs) -> torch.Tensor:
+        return ~self.locked(inputs)
+
+
+class LockedRouter:
+    """``P-PUNC`` etc.: the content rule first (its tokens go to aligned), then a logit rule."""
+
+    def __init__(self, content: ContentRouter, logit: ProbabilityRouter | EntropyRouter) -> None:
+        self.content = content
+        self.logit = logit
+        self.needs: frozenset[Source] = content.needs | logit.needs
+
+    def __call__(self, inputs: RouterInputs) -> torch.Tensor:
+        return ~self.content.locked(inputs) & self.logit(inputs)
+
+
+class NudgingRouter:
+    """``nudging`` (Fei et al. 2024): the base model drafts; the aligned model takes the word
+    when the base model is unsure (``max_y P_base(y) < gamma``)."""
+
+    needs: frozenset[Source] = frozenset({"base"})
+
+    def __init__(self, gamma: float) -> None:
+        self.gamma = gamma
+
+    def __call__(self, inputs: RouterInputs) -> torch.Tensor:
+        return inputs.base_probs.amax(dim=-1) >= self.gamma
+
+
+def build_router(config: RouterConfig) -> Callable[[RouterInputs], torch.Tensor]:
+    """Instantiate the router that ``config`` names (a callable router is returned as is)."""
+    strategy = config.strategy
+    if not isinstance(strategy, str):
+        return strategy
+    gamma = config.resolved_gamma
+    gate = config.gate
+    if strategy in ("aligned", "base"):
+        return ConstantRouter(strategy)  # type: ignore[arg-type]
+    if strategy == "random":
+        return RandomRouter(gamma)
+    if strategy == "nudging":
+        return NudgingRouter(gamma)
+    logit_rules = {"P": ProbabilityRouter, "H": EntropyRouter}
+    content_rules = {"PUNC": "punctuation", "FC": "function_word"}
+    if strategy in logit_rules:
+        return logit_rules[strategy](gamma, gate)
+    if strategy in content_rules:
+        return ContentRouter(content_rules[strategy])
+    logit_name, content_name = strategy.split("-")
+    return LockedRouter(
+        ContentRouter(content_rules[content_name]), logit_rules[logit_name](gamma, gate)
+    )

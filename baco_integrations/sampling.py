@@ -1,0 +1,57 @@
+"""Turning one model's logits into a token: transformers' warpers, then a seeded draw."""
+
+from __future__ import annotations
+
+import torch
+from transformers import (
+    LogitsProcessorList,
+    MinPLogitsWarper,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
+)
+
+
+class Sampler:
+    """Temperature, then top-k / top-p / min-p (transformers' warper semantics), then a draw.
+
+    Temperature is applied separately (:meth:`temper`) because the routers read the tempered,
+    untruncated distributions (ours; ALGORITHM.md, Sampling). Temperature 0 means greedy: the
+    draw is an argmax and the routers read the plain softmax.
+    """
+
+    def __init__(self, temperature: float, top_k: int, top_p: float, min_p: float) -> None:
+        self.temperature = temperature
+        self.greedy = temperature == 0.0
+        warpers = LogitsProcessorList()
+        if not self.greedy:
+            if top_k > 0:
+                warpers.append(TopKLogitsWarper(top_k=top_k))
+            if top_p < 1.0:
+                warpers.append(TopPLogitsWarper(top_p=top_p))
+            if min_p > 0.0:
+                warpers.append(MinPLogitsWarper(min_p=min_p))
+        self.warpers = warpers
+
+    def temper(self, logits: torch.Tensor) -> torch.Tensor:
+        """Scale float32 logits by the temperature (identity when greedy)."""
+        if self.greedy or self.temperature == 1.0:
+            return logits
+        return logits / self.temperature
+
+    def truncate(self, scores: torch.Tensor) -> torch.Tensor:
+        """Apply the truncation warpers to tempered scores (masked entries become -inf)."""
+        if not self.warpers:
+            return scores
+        # These warpers ignore input_ids; an empty tensor satisfies the interface.
+        no_ids = scores.new_empty((scores.shape[0], 0), dtype=torch.long)
+        return self.warpers(no_ids, scores)
+
+    def draw(self, scores: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        """One token id per row from (truncated) scores."""
+        if self.greedy:
+            return scores.argmax(dim=-1)
+        probs = torch.softmax(scores, dim=-1)
+        # Exponential-race sampling (as in gpt-fast): argmax(p / E), E ~ Exp(1), is an exact
+        # categorical draw that needs no host synchronisation.
+        noise = torch.empty_like(probs).exponential_(1.0, generator=generator)
+        return (probs / noise).argmax(dim=-1)
