@@ -583,30 +583,31 @@ class BacoEngine:
 
     @staticmethod
     def _chunks(sample: _Sample, stops: Sequence[str] | None) -> Iterator[BacoChunk]:
-        """Chunks for the tokens of ``sample`` whose text is now safe to show."""
+        """Chunks for the tokens of ``sample`` whose text is now safe to show.
+
+        A token with no text of its own yet (half a character) joins the next chunk.
+        """
         safe = sample.safe_length(stops)
         start = sample.ends[sample.emitted_tokens - 1] if sample.emitted_tokens else 0
-        pending: list[int] = []
-        while sample.emitted_tokens < len(sample.token_ids):
-            i = sample.emitted_tokens
+        for i in range(sample.emitted_tokens, len(sample.token_ids)):
             end = sample.ends[i]
             if end > safe:
                 break
-            pending.append(sample.token_ids[i])
-            sample.emitted_tokens += 1
-            if end > start:  # a token with no text yet (half a character) joins the next chunk
+            if end > start:
                 yield BacoChunk(
                     text=sample.text[start:end],
                     source=sample.sources[i],
-                    token_ids=tuple(pending),
+                    token_ids=tuple(sample.token_ids[sample.emitted_tokens : i + 1]),
                     sample_index=sample.sample_index,
                 )
-                pending, start = [], end
+                sample.emitted_tokens, start = i + 1, end
         if sample.finish_reason is not None:
+            rest = sample.text[start:]
             yield BacoChunk(
-                text=sample.text[start:],
-                source=sample.sources[-1] if sample.sources and sample.text[start:] else None,
-                token_ids=tuple(pending),
+                text=rest,
+                source=sample.sources[-1] if rest else None,
+                token_ids=tuple(sample.token_ids[sample.emitted_tokens :]),
                 sample_index=sample.sample_index,
                 finish_reason=sample.finish_reason,
             )
+            sample.emitted_tokens = len(sample.token_ids)

@@ -1,0 +1,36 @@
+"""Engine fixtures: the tiny pair loaded through the real loading code, and a spy router."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import pytest
+import torch
+
+from baco_integrations import BacoEngine, RouterInputs
+
+
+@pytest.fixture(scope="session")
+def engine(tiny_pair) -> BacoEngine:
+    return BacoEngine.from_pretrained(tiny_pair.base_dir, tiny_pair.aligned_dir, device="cpu")
+
+
+@dataclass
+class SpyRouter:
+    """Wraps a router and records what it saw and decided at every step."""
+
+    inner: Callable[[RouterInputs], torch.Tensor]
+    seen: list[RouterInputs] = field(default_factory=list)
+    decisions: list[torch.Tensor] = field(default_factory=list)
+
+    def __call__(self, inputs: RouterInputs) -> torch.Tensor:
+        decision = self.inner(inputs)
+        self.seen.append(inputs)
+        self.decisions.append(decision.clone())
+        return decision
+
+
+@pytest.fixture
+def spy() -> Callable[..., SpyRouter]:
+    return SpyRouter
