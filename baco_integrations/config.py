@@ -145,6 +145,10 @@ class GenerationSettings(BaseModel):
     base_template: str = Field(
         default=DEFAULT_BASE_TEMPLATE, description="Plain-text template for the base model."
     )
+    lazy: bool = Field(
+        default=True,
+        description="Run a model only when its distribution is needed (same tokens either way).",
+    )
 
     @field_validator("stop", mode="before")
     @classmethod

@@ -30,7 +30,7 @@ from .config import GenerationSettings, Source
 from .detokenize import IncrementalDetokenizer
 from .outputs import BacoChunk, BacoOutput, FinishReason
 from .prompts import Prompt, aligned_ids, base_ids, normalize_prompts
-from .routers import NO_SOURCE, RouterInputs, build_router
+from .routers import NO_SOURCE, RouterInputs, build_router, router_needs
 from .sampling import Sampler
 from .vocab import VocabMasks, build_vocab_masks
 
@@ -92,7 +92,13 @@ def _split_gguf(path: str | os.PathLike[str], gguf_file: str | None) -> tuple[st
 
 
 class _ModelState:
-    """One model's KV cache, attention mask and positions during a decoding run."""
+    """One model's KV cache, attention mask and positions during a decoding run.
+
+    Tokens appended with :meth:`push` stay pending until the model's distribution is next
+    needed; :meth:`logits` then runs all of them in one multi-token forward (the lazy
+    catch-up). Every row has the same number of pending tokens, so this is a plain batched
+    forward.
+    """
 
     def __init__(self, model: PreTrainedModel, vocab_size: int, decode_device: torch.device):
         self.model = model
@@ -103,17 +109,16 @@ class _ModelState:
         self.mask = torch.empty(0)
         self.length = 0
         self.positions = torch.empty(0)
+        self.pending: list[torch.Tensor] = []
+        self._logits: torch.Tensor | None = None
         self.forward_passes = 0
         self.forward_tokens = 0
 
     @torch.inference_mode()
     def prefill(
         self, prompts: Sequence[list[int]], n: int, pad_id: int, max_new_tokens: int
-    ) -> torch.Tensor:
-        """Run the left-padded prompts once and share each prompt's cache with its n samples.
-
-        Returns next-token logits, shape ``[len(prompts) * n, vocab]``, float32.
-        """
+    ) -> None:
+        """Run the left-padded prompts once and share each prompt's cache with its n samples."""
         width = max(len(p) for p in prompts)
         ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
         mask = torch.zeros((len(prompts), width), dtype=torch.long)
@@ -143,24 +148,40 @@ class _ModelState:
         self.length = width
         self.positions = positions[:, -1].repeat_interleave(n, dim=0) + 1
         logits = out.logits[:, -1, : self.vocab_size].float().repeat_interleave(n, dim=0)
-        return logits.to(self.decode_device)
+        self._logits = logits.to(self.decode_device)
+
+    def push(self, tokens: torch.Tensor) -> None:
+        """Append one token per row; it is run at the next catch-up."""
+        self.pending.append(tokens.to(self.device))
+        self._logits = None
+
+    @property
+    def ready(self) -> bool:
+        return self._logits is not None
 
     @torch.inference_mode()
-    def step(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Append one token per row and return the next-token logits."""
-        self.mask[:, self.length] = 1
-        self.length += 1
-        out = self.model(
-            input_ids=tokens.to(self.device)[:, None],
-            attention_mask=self.mask[:, : self.length],
-            position_ids=self.positions[:, None],
-            past_key_values=self.cache,
-            use_cache=True,
-        )
-        self.positions = self.positions + 1
-        self.forward_passes += 1
-        self.forward_tokens += int(tokens.shape[0])
-        return out.logits[:, -1, : self.vocab_size].float().to(self.decode_device)
+    def logits(self) -> torch.Tensor:
+        """Next-token logits ``[batch, vocab]`` (float32), catching up on pending tokens."""
+        if self._logits is None:
+            count = len(self.pending)
+            ids = torch.stack(self.pending, dim=1)
+            self.mask[:, self.length : self.length + count] = 1
+            self.length += count
+            offsets = torch.arange(count, device=self.device)
+            out = self.model(
+                input_ids=ids,
+                attention_mask=self.mask[:, : self.length],
+                position_ids=self.positions[:, None] + offsets,
+                past_key_values=self.cache,
+                use_cache=True,
+                logits_to_keep=1,
+            )
+            self.positions = self.positions + count
+            self.pending.clear()
+            self.forward_passes += 1
+            self.forward_tokens += count * int(ids.shape[0])
+            self._logits = out.logits[:, -1, : self.vocab_size].float().to(self.decode_device)
+        return self._logits
 
 
 @dataclass
@@ -471,32 +492,61 @@ class BacoEngine:
     def _choose(
         self,
         job: _Job,
-        base_logits: torch.Tensor,
-        aligned_logits: torch.Tensor,
+        states: dict[Source, _ModelState],
         prev_sources: torch.Tensor,
+        prev_host: list[int],
+        active: torch.Tensor,
         step: int,
         generator: torch.Generator,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Pick each row's next token and its source (True = base) for one step."""
+        """Pick each row's next token and its source (True = base) for one step.
+
+        A model's distribution is computed only when some active row needs it, and the random
+        draws do not depend on which models ran, so lazy and lock-step decoding give the same
+        tokens. Rows that need nothing from a model read zeros in its place.
+        """
         sampler, masks = job.sampler, self.masks
-        base_tempered = sampler.temper(base_logits)
-        aligned_tempered = sampler.temper(aligned_logits)
+        tempered: dict[Source, torch.Tensor] = {}
+        truncated: dict[Source, torch.Tensor] = {}
+
+        def scores(source: Source, needed: bool) -> torch.Tensor:
+            if not needed and not states[source].ready:
+                return self._zeros(len(prev_host))
+            if source not in truncated:
+                tempered[source] = sampler.temper(states[source].logits())
+                truncated[source] = sampler.truncate(tempered[source])
+            return truncated[source]
+
+        active_prev = [p for p, a in zip(prev_host, active.tolist(), strict=True) if a]
+        has_prev = prev_sources != NO_SOURCE
+        prev_base = prev_sources == 1
+        if any(p != NO_SOURCE for p in active_prev):
+            # The previous model proposes the next token; if it continues the word, it stays.
+            stay_scores = torch.where(
+                prev_base[:, None],
+                scores("base", 1 in active_prev),
+                scores("aligned", 0 in active_prev),
+            )
+            stay = sampler.draw(stay_scores, generator)
+        else:
+            stay = torch.zeros_like(prev_sources)
+        boundary = active & (~has_prev | ~masks.continuation[stay])
+        if not bool(boundary.any()):
+            return stay, prev_base
+
+        needs = router_needs(job.router)
+        for source in needs:
+            scores(source, True)
         inputs = RouterInputs(
-            base_probs=torch.softmax(base_tempered, dim=-1),
-            aligned_probs=torch.softmax(aligned_tempered, dim=-1),
+            base_probs=torch.softmax(tempered["base"], dim=-1) if "base" in tempered else None,
+            aligned_probs=(
+                torch.softmax(tempered["aligned"], dim=-1) if "aligned" in tempered else None
+            ),
             prev_sources=prev_sources,
             step=step,
             masks=masks,
             generator=generator,
         )
-        base_scores = sampler.truncate(base_tempered)
-        aligned_scores = sampler.truncate(aligned_tempered)
-
-        has_prev = prev_sources != NO_SOURCE
-        prev_base = prev_sources == 1
-        # The previous model proposes the next token; if it continues the word, it stays.
-        stay = sampler.draw(torch.where(prev_base[:, None], base_scores, aligned_scores), generator)
-        boundary = ~has_prev | ~masks.continuation[stay]
         want_base = job.router(inputs)
         if not isinstance(want_base, torch.Tensor) or want_base.shape != prev_sources.shape:
             raise ValueError(
@@ -505,45 +555,55 @@ class BacoEngine:
             )
         want_base = want_base.to(device=prev_sources.device, dtype=torch.bool)
         switch = boundary & (~has_prev | (want_base != prev_base))
+        to_base, to_aligned = (switch & want_base).any().item(), (switch & ~want_base).any().item()
+        if not (to_base or to_aligned):
+            return stay, prev_base
         # The incoming model starts a new word: it may not continue the other model's word.
-        fresh_scores = torch.where(want_base[:, None], base_scores, aligned_scores)
+        fresh_scores = torch.where(
+            want_base[:, None], scores("base", bool(to_base)), scores("aligned", bool(to_aligned))
+        )
         blocked = (switch & has_prev)[:, None] & masks.continuation[None, :]
         fresh_scores = fresh_scores.masked_fill(blocked, float("-inf"))
         switch &= torch.isfinite(fresh_scores).any(dim=-1)
         fresh = sampler.draw(fresh_scores, generator)
-        tokens = torch.where(switch, fresh, stay)
-        sources = torch.where(switch, want_base, prev_base)
-        return tokens, sources
+        return torch.where(switch, fresh, stay), torch.where(switch, want_base, prev_base)
+
+    def _zeros(self, rows: int) -> torch.Tensor:
+        return torch.zeros((rows, self.vocab_size), device=self.device)
 
     def _decode(self, job: _Job) -> Iterator[list[int]]:
         """Run the decoding loop; after each step yield the indices of samples that changed."""
         settings = job.settings
         stops = settings.stop
         samples = job.samples
-        base = _ModelState(self.base_model, self.vocab_size, self.device)
-        aligned = _ModelState(self.aligned_model, self.vocab_size, self.device)
+        states: dict[Source, _ModelState] = {
+            "base": _ModelState(self.base_model, self.vocab_size, self.device),
+            "aligned": _ModelState(self.aligned_model, self.vocab_size, self.device),
+        }
         generator = self._generator(settings.seed)
         try:
-            base_logits = base.prefill(
+            states["base"].prefill(
                 job.base_prompt_ids, settings.n, self.pad_token_id, job.max_steps
             )
-            aligned_logits = aligned.prefill(
+            states["aligned"].prefill(
                 job.aligned_prompt_ids, settings.n, self.pad_token_id, job.max_steps
             )
             prev_sources = torch.full(
                 (len(samples),), NO_SOURCE, dtype=torch.long, device=self.device
             )
+            prev_host = [NO_SOURCE] * len(samples)
+            active = torch.ones(len(samples), dtype=torch.bool, device=self.device)
             for step in range(job.max_steps):
                 tokens, from_base = self._choose(
-                    job, base_logits, aligned_logits, prev_sources, step, generator
+                    job, states, prev_sources, prev_host, active, step, generator
                 )
                 prev_sources = from_base.long()
                 job.stats.steps += 1
                 changed: list[int] = []
                 last_step = step == job.max_steps - 1
-                for index, (token, is_base) in enumerate(
-                    zip(tokens.tolist(), from_base.tolist(), strict=True)
-                ):
+                token_list, base_list = tokens.tolist(), from_base.tolist()
+                prev_host = [int(b) for b in base_list]
+                for index, (token, is_base) in enumerate(zip(token_list, base_list, strict=True)):
                     sample = samples[index]
                     if sample.finish_reason is not None:
                         continue
@@ -559,16 +619,24 @@ class BacoEngine:
                 yield changed
                 if all(s.finish_reason is not None for s in samples):
                     break
-                base_logits = base.step(tokens)
-                aligned_logits = aligned.step(tokens)
+                active = torch.tensor(
+                    [s.finish_reason is None for s in samples], device=self.device
+                )
+                for state in states.values():
+                    state.push(tokens)
+                    if not settings.lazy:
+                        state.logits()  # lock-step: every model runs every step
         finally:
-            job.stats.base_forward_passes = base.forward_passes
-            job.stats.aligned_forward_passes = aligned.forward_passes
-            job.stats.base_forward_tokens = base.forward_tokens
-            job.stats.aligned_forward_tokens = aligned.forward_tokens
-            self.last_stats = job.stats
+            stats = job.stats
+            stats.base_forward_passes = states["base"].forward_passes
+            stats.aligned_forward_passes = states["aligned"].forward_passes
+            stats.base_forward_tokens = states["base"].forward_tokens
+            stats.aligned_forward_tokens = states["aligned"].forward_tokens
+            self.last_stats = stats
             # Free both caches now rather than when the generator is collected.
-            base.cache = aligned.cache = None
+            for state in states.values():
+                state.cache = None
+                state.pending.clear()
 
     def _stream(self, job: _Job) -> Iterator[BacoChunk]:
         stops = job.settings.stop

@@ -31,19 +31,25 @@ class RouterInputs:
 
     ``base_probs`` and ``aligned_probs`` are the models' next-token distributions after
     temperature (before top-k/top-p/min-p truncation), shape ``[batch, vocab]``; at
-    temperature 0 they are the plain softmax. ``prev_sources`` holds, per row, the source of
-    the previous token: 1 base, 0 aligned, -1 none yet.
+    temperature 0 they are the plain softmax. In lazy mode a distribution that the router's
+    ``needs`` does not name is ``None`` (its model did not run). ``prev_sources`` holds, per
+    row, the source of the previous token: 1 base, 0 aligned, -1 none yet.
     """
 
-    base_probs: torch.Tensor
-    aligned_probs: torch.Tensor
+    base_probs: torch.Tensor | None
+    aligned_probs: torch.Tensor | None
     prev_sources: torch.Tensor
     step: int
     masks: VocabMasks
     generator: torch.Generator | None = None
 
     def probs(self, source: Source) -> torch.Tensor:
-        return self.base_probs if source == "base" else self.aligned_probs
+        probs = self.base_probs if source == "base" else self.aligned_probs
+        if probs is None:
+            raise RuntimeError(
+                f"the router read the {source} distribution without declaring it in `needs`"
+            )
+        return probs
 
     @property
     def batch_size(self) -> int:
@@ -145,7 +151,7 @@ class ContentRouter:
     def locked(self, inputs: RouterInputs) -> torch.Tensor:
         """Rows whose aligned top-1 token is in the class (locked to the aligned model)."""
         mask: torch.Tensor = getattr(inputs.masks, self.token_class)
-        top1 = inputs.aligned_probs.argmax(dim=-1)
+        top1 = inputs.probs("aligned").argmax(dim=-1)
         return mask[top1]
 
     def __call__(self, inputs: RouterInputs) -> torch.Tensor:
@@ -174,7 +180,7 @@ class NudgingRouter:
         self.gamma = gamma
 
     def __call__(self, inputs: RouterInputs) -> torch.Tensor:
-        return inputs.base_probs.amax(dim=-1) >= self.gamma
+        return inputs.probs("base").amax(dim=-1) >= self.gamma
 
 
 def build_router(config: RouterConfig) -> Callable[[RouterInputs], torch.Tensor]:

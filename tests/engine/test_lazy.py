@@ -1,0 +1,65 @@
+"""Lazy catch-up gives the same tokens as lock-step decoding, with fewer forward passes."""
+
+from __future__ import annotations
+
+import pytest
+
+from baco_integrations import ROUTER_NAMES, BacoEngine
+
+PROMPTS = ["Write a poem about the sea.", "Ideas for a coffee shop", "Why?"]
+
+
+def _run(engine: BacoEngine, lazy: bool, **kwargs):
+    outs = engine.generate(lazy=lazy, **kwargs)
+    return outs, engine.last_stats
+
+
+@pytest.mark.parametrize("router", ROUTER_NAMES)
+@pytest.mark.parametrize(
+    ("prompts", "n", "temperature"),
+    [(PROMPTS[0], 1, 1.0), (PROMPTS, 1, 1.0), (PROMPTS[1], 4, 1.0), (PROMPTS[:2], 3, 0.0)],
+)
+def test_lazy_equals_lock_step(
+    engine: BacoEngine, router: str, prompts, n: int, temperature: float
+) -> None:
+    kwargs = {
+        "prompts": prompts,
+        "router": router,
+        "gamma": 1.5 if router.startswith("H") else 0.5,
+        "n": n,
+        "temperature": temperature,
+        "max_new_tokens": 24,
+        "seed": 3,
+        "top_k": 50,
+    }
+    lazy, lazy_stats = _run(engine, True, **kwargs)
+    eager, eager_stats = _run(engine, False, **kwargs)
+    assert [[o.token_ids for o in row] for row in lazy] == [
+        [o.token_ids for o in row] for row in eager
+    ]
+    assert [[o.sources for o in row] for row in lazy] == [[o.sources for o in row] for row in eager]
+    assert [[o.text for o in row] for row in lazy] == [[o.text for o in row] for row in eager]
+    # lock-step runs each model once per step after the prefill
+    assert eager_stats.base_forward_passes == eager_stats.steps
+    assert eager_stats.aligned_forward_passes == eager_stats.steps
+    assert lazy_stats.base_forward_passes <= eager_stats.base_forward_passes
+    assert lazy_stats.aligned_forward_passes <= eager_stats.aligned_forward_passes
+
+
+@pytest.mark.parametrize("side", ["aligned", "base"])
+def test_single_model_routers_never_run_the_other_model(engine: BacoEngine, side: str) -> None:
+    engine.generate(PROMPTS[0], router=side, max_new_tokens=16, seed=0)
+    stats = engine.last_stats
+    other = stats.base_forward_passes if side == "aligned" else stats.aligned_forward_passes
+    assert other == 1  # the prefill only
+
+
+def test_catch_up_runs_pending_tokens_in_one_forward(engine: BacoEngine) -> None:
+    engine.generate(PROMPTS[1], router="random", gamma=0.5, max_new_tokens=30, seed=1)
+    stats = engine.last_stats
+    prompt = engine.encode_prompts(PROMPTS[1])
+    # every generated token (but the last) is run through each model exactly once
+    assert stats.base_forward_tokens <= len(prompt["base"]) + stats.steps - 1
+    assert stats.aligned_forward_tokens <= len(prompt["aligned"]) + stats.steps - 1
+    # and catching up batched several tokens at least once
+    assert stats.base_forward_passes + stats.aligned_forward_passes < 2 * stats.steps
