@@ -1,0 +1,333 @@
+"""What BacoLLM and ChatBaco share: the settings fields, per-call overrides, async streaming.
+
+The adapters are thin: decoding, prompt rendering and stop strings are the engine's job. This
+module only turns LangChain's calling conventions into one validated
+:class:`~baco_integrations.GenerationSettings` per call and moves engine work off the event
+loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from contextlib import closing
+from typing import Any, Literal, Self, TypeVar
+
+from langchain_core.language_models.base import LangSmithParams
+from pydantic import Field, model_validator
+
+from ..config import SETTING_NAMES, GenerationSettings, Source
+from ..engine import BacoEngine
+from ..outputs import BacoChunk
+
+T = TypeVar("T")
+
+#: LangChain's standard name for the output length limit; accepted as an alias of
+#: ``max_new_tokens`` (at construction and per call) so that generic LangChain code works.
+MAX_TOKENS_ALIAS = "max_tokens"
+PROVIDER = "baco"
+
+
+def fold_max_tokens(values: dict[str, Any]) -> dict[str, Any]:
+    """Rename ``max_tokens`` to ``max_new_tokens``; both with different values is an error."""
+    if MAX_TOKENS_ALIAS not in values:
+        return values
+    values = dict(values)
+    max_tokens = values.pop(MAX_TOKENS_ALIAS)
+    if max_tokens is None:
+        return values
+    if values.get("max_new_tokens", max_tokens) != max_tokens:
+        raise ValueError(
+            f"max_tokens={max_tokens!r} and max_new_tokens={values['max_new_tokens']!r} "
+            "disagree; max_tokens is an alias of max_new_tokens, pass only one"
+        )
+    values["max_new_tokens"] = max_tokens
+    return values
+
+
+def describe_setting(value: Any) -> Any:
+    """A plain, printable form of a setting for tracing and LangChain's cache key.
+
+    A router object (RouterConfig or callable) becomes its ``repr``: two different callables
+    then never share a cache entry.
+    """
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    if isinstance(value, list | tuple):
+        return [describe_setting(v) for v in value]
+    return repr(value)
+
+
+class BacoSettingsMixin(GenerationSettings):
+    """Every router and sampling setting as a field, plus the engine they run on.
+
+    The fields are inherited from :class:`GenerationSettings`, validators included, so each
+    setting is defined in one place. The adapters list this mixin before their LangChain base
+    class so that its methods take precedence in the MRO.
+    """
+
+    engine: BacoEngine = Field(
+        exclude=True, repr=False, description="The loaded base/aligned pair that decodes."
+    )
+    streaming: bool = Field(
+        default=False,
+        description="Stream single-sample invoke calls through the callbacks' on_llm_new_token.",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _baco_max_tokens_alias(cls, data: Any) -> Any:
+        return fold_max_tokens(data) if isinstance(data, dict) else data
+
+    # ----------------------------------------------------------------- construction
+
+    @classmethod
+    def from_model_ids(
+        cls,
+        base: str | os.PathLike[str],
+        aligned: str | os.PathLike[str],
+        *,
+        device: str | None = "cpu",
+        dtype: str = "auto",
+        device_map: str | dict[str, Any] | None = None,
+        base_gguf_file: str | None = None,
+        aligned_gguf_file: str | None = None,
+        trust_remote_code: bool = False,
+        revision: str | None = None,
+        model_kwargs: Mapping[str, Any] | None = None,
+        **fields: Any,
+    ) -> Self:
+        """Load a (base, aligned) pair with :meth:`BacoEngine.from_pretrained` and wrap it.
+
+        ``fields`` are settings (``router=``, ``gamma=``, ...) and LangChain options
+        (``callbacks=``, ``cache=``, ...). They are checked before the models load, so a typo
+        fails fast. ``model_kwargs`` go to ``AutoModelForCausalLM.from_pretrained``.
+        """
+        if "engine" in fields:
+            raise ValueError("from_model_ids loads its own engine; pass engine= to the class")
+        fields = fold_max_tokens(fields)
+        unknown = sorted(set(fields) - set(cls.model_fields))
+        if unknown:
+            raise ValueError(
+                f"unknown field(s) {', '.join(unknown)} for {cls.__name__}; settings are: "
+                f"{', '.join(SETTING_NAMES)}"
+            )
+        GenerationSettings.model_validate({k: v for k, v in fields.items() if k in SETTING_NAMES})
+        engine = BacoEngine.from_pretrained(
+            base,
+            aligned,
+            device=device,
+            dtype=dtype,
+            device_map=device_map,
+            base_gguf_file=base_gguf_file,
+            aligned_gguf_file=aligned_gguf_file,
+            trust_remote_code=trust_remote_code,
+            revision=revision,
+            **dict(model_kwargs or {}),
+        )
+        return cls(engine=engine, **fields)
+
+    # ----------------------------------------------------------------- settings
+
+    @property
+    def generation_settings(self) -> GenerationSettings:
+        """This instance's settings as a plain, validated :class:`GenerationSettings`."""
+        # Attribute values, not model_dump(): a RouterConfig or callable router stays as is.
+        return GenerationSettings.model_validate({n: getattr(self, n) for n in SETTING_NAMES})
+
+    def _call_settings(self, stop: list[str] | None, kwargs: dict[str, Any]) -> GenerationSettings:
+        """The settings of one call: the fields, then ``kwargs`` and ``stop`` on top.
+
+        Unknown keyword arguments raise ``ValueError`` (``GenerationSettings.updated``); a
+        ``stop`` given to the call replaces the ``stop`` field.
+        """
+        overrides = fold_max_tokens(kwargs)
+        if stop is not None:
+            overrides["stop"] = stop
+        return self.generation_settings.updated(**overrides)
+
+    def _with_overrides(self, kwargs: dict[str, Any]) -> Self:
+        """A shallow copy whose fields carry the validated per-call overrides in ``kwargs``.
+
+        Used where LangChain builds a cache key from the instance's fields alone.
+        """
+        if not kwargs:
+            return self
+        overrides = fold_max_tokens(kwargs)
+        settings = self.generation_settings.updated(**overrides)
+        copy = self.model_copy(update={name: getattr(settings, name) for name in overrides})
+        # LangChain caches the serialised form; the copy's differs, so drop the stale one.
+        copy.__dict__.pop("_serialized", None)
+        return copy
+
+    # ----------------------------------------------------------------- identity
+
+    @property
+    def model_name(self) -> str:
+        """``baco:<base>+<aligned>``, as reported in traces and response metadata."""
+        names = self.engine.model_names
+        return f"{PROVIDER}:{names['base']}+{names['aligned']}"
+
+    @property
+    def _identifying_params(self) -> dict[str, Any]:
+        # Every setting: LangChain builds its cache key (and traces) from these.
+        names = self.engine.model_names
+        return {
+            "base_model": names["base"],
+            "aligned_model": names["aligned"],
+            **{name: describe_setting(getattr(self, name)) for name in SETTING_NAMES},
+        }
+
+    def _baco_ls_params(
+        self, model_type: Literal["llm", "chat"], stop: list[str] | None, kwargs: dict[str, Any]
+    ) -> LangSmithParams:
+        """Standard tracing params, honouring per-call ``model``/``temperature``/length."""
+        model = kwargs.get("model")
+        temperature = kwargs.get("temperature", self.temperature)
+        max_tokens = kwargs.get("max_new_tokens", kwargs.get(MAX_TOKENS_ALIAS))
+        params = LangSmithParams(
+            ls_provider=PROVIDER,
+            ls_model_name=model if isinstance(model, str) else self.model_name,
+            ls_model_type=model_type,
+            ls_max_tokens=max_tokens if isinstance(max_tokens, int) else self.max_new_tokens,
+        )
+        if isinstance(temperature, int | float):
+            params["ls_temperature"] = float(temperature)
+        effective_stop = stop if stop is not None else self.stop
+        if effective_stop:
+            params["ls_stop"] = list(effective_stop)
+        return params
+
+    # ----------------------------------------------------------------- tokens
+
+    def get_token_ids(self, text: str) -> list[int]:
+        """Token ids of ``text`` under the aligned model's tokenizer (no special tokens)."""
+        if self.custom_get_token_ids is not None:  # type: ignore[attr-defined]
+            return self.custom_get_token_ids(text)  # type: ignore[attr-defined]
+        return list(self.engine.aligned_tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def get_num_tokens(self, text: str) -> int:
+        """Number of tokens in ``text`` under the aligned model's tokenizer."""
+        if self.custom_get_token_ids is not None:  # type: ignore[attr-defined]
+            return len(self.custom_get_token_ids(text))  # type: ignore[attr-defined]
+        return self.engine.count_tokens(text)
+
+    def _prompt_tokens(self, prompt: Any, settings: GenerationSettings) -> int:
+        """Length of the aligned model's rendering of ``prompt`` (streams do not report it)."""
+        ids = self.engine.encode_prompts(prompt, settings.system_prompt, settings.base_template)
+        return len(ids["aligned"])
+
+
+def check_streamable(settings: GenerationSettings) -> None:
+    """Streams carry one sample: interleaving n samples in one text stream would garble them."""
+    if settings.n != 1:
+        raise ValueError(
+            f"streaming returns one sample, but n={settings.n}; use invoke/generate/batch "
+            "(which return all n samples) or stream with n=1"
+        )
+
+
+class SourceTracker:
+    """Per-token sources of one streamed sample, rebuilt from its chunks.
+
+    :class:`BacoChunk` has one ``source``, that of its last token; its earlier tokens are
+    tokens without text of their own (part of a UTF-8 character). In well-formed text those
+    belong to the same character, hence to the same model, so the chunk's source is theirs.
+    Only malformed output (an incomplete character followed by the other model's word) mixes
+    models in one chunk; then all its tokens get the last one's source. A final chunk without
+    text has no source; its tokens continue the previous chunk's. An engine whose chunks carry
+    per-token ``sources`` is taken at its word.
+    """
+
+    def __init__(self) -> None:
+        self.sources: list[Source] = []
+        self._last: Source | None = None
+
+    def add(self, chunk: BacoChunk) -> list[Source]:
+        """The sources of ``chunk``'s tokens, remembered for :attr:`base_fraction`."""
+        explicit = getattr(chunk, "sources", None)  # an engine that reports them per token
+        if explicit is not None:
+            sources = list(explicit)
+        else:
+            source = chunk.source or self._last
+            sources = [source] * len(chunk.token_ids) if source is not None else []
+        if sources:
+            self._last = sources[-1]
+        self.sources.extend(sources)
+        return sources
+
+    @property
+    def base_fraction(self) -> float:
+        if not self.sources:
+            return 0.0
+        return sum(s == "base" for s in self.sources) / len(self.sources)
+
+
+#: How many items the worker may produce ahead of the consumer. Small, so that an abandoned
+#: stream stops decoding within a few tokens.
+AHEAD = 4
+
+
+def iterate_in_thread(make_iterator: Callable[[], Iterator[T]]) -> AsyncIterator[T]:
+    """Run a blocking iterator in a worker thread and hand its items to the event loop.
+
+    The iterator is created, advanced and closed in the worker, so the engine's lock is taken
+    and released there and the loop never blocks. The worker runs at most :data:`AHEAD` items
+    ahead of the consumer. When the consumer stops early (``break`` then ``aclose()``, or
+    cancellation) the worker stops after the item it is producing and closes the iterator,
+    which stops decoding and frees the engine; closing the returned generator waits for that,
+    so once it is closed the engine is free again.
+    """
+
+    async def generator() -> AsyncIterator[T]:
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+        stopped = threading.Event()
+        room = threading.Semaphore(AHEAD)
+
+        def hand_over(kind: str, value: Any) -> None:
+            try:
+                loop.call_soon_threadsafe(queue.put_nowait, (kind, value))
+            except RuntimeError:  # the loop is closed: nobody is listening any more
+                stopped.set()
+
+        def wait_for_room() -> bool:
+            """Wait until the consumer has caught up; False when it is gone."""
+            while not room.acquire(timeout=0.1):
+                if stopped.is_set() or loop.is_closed():
+                    return False
+            return not stopped.is_set()
+
+        def produce() -> None:
+            try:
+                with closing(make_iterator()) as items:  # type: ignore[type-var]
+                    for item in items:
+                        if not wait_for_room():
+                            break
+                        hand_over("item", item)
+            except Exception as exc:  # re-raised in the consumer
+                hand_over("error", exc)
+            else:
+                hand_over("done", None)
+
+        worker = asyncio.ensure_future(asyncio.to_thread(produce))
+        try:
+            while True:
+                kind, value = await queue.get()
+                if kind == "item":
+                    room.release()
+                    yield value
+                elif kind == "error":
+                    raise value
+                else:
+                    return
+        finally:
+            stopped.set()
+            room.release()  # wake a worker waiting for room, so that it sees the stop
+            # shield: a second cancellation must not abandon the wait half-way; the worker
+            # finishes on its own either way.
+            await asyncio.shield(worker)
+
+    return generator()

@@ -1,0 +1,49 @@
+"""The LangChain examples run offline with --tiny (through their main())."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
+def load(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_brainstorm_example(capsys: pytest.CaptureFixture[str]) -> None:
+    example = load("langchain_brainstorm")
+    argv = ["--tiny", "-n", "3", "--max-new-tokens", "8", "--router", "P", "--gamma", "0.5"]
+    assert example.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "streamed through prompt | BacoLLM | StrOutputParser" in out
+    assert out.count("% base]") == 3
+    assert "A hotter idea:" in out
+
+
+def test_agent_tool_example(capsys: pytest.CaptureFixture[str]) -> None:
+    example = load("langchain_agent_tool")
+    assert example.main(["--tiny", "-n", "4", "--max-new-tokens", "8"]) == 0
+    out = capsys.readouterr().out
+    assert '"name": "brainstorm"' in out
+    assert "distinct ideas for a team offsite" in out
+
+
+def test_agent_tool_returns_distinct_ideas(engine) -> None:
+    from baco_integrations.langchain import BacoLLM
+
+    example = load("langchain_agent_tool")
+    tool = example.make_brainstorm_tool(BacoLLM(engine=engine, max_new_tokens=8, seed=0))
+    ideas = tool.invoke({"topic": "a bakery", "n": 5})
+    assert 1 <= len(ideas) <= 5
+    assert len({" ".join(i.lower().split()) for i in ideas}) == len(ideas)
+    with pytest.raises(ValueError):
+        tool.invoke({"topic": "a bakery", "n": 0})
