@@ -14,7 +14,10 @@ def test_encode_prompts_uses_chat_template_and_plain_template(engine: BacoEngine
     encoded = engine.encode_prompts("Name three colours.", system_prompt="Be brief.")
     tok = engine.aligned_tokenizer
     expected_aligned = tok.apply_chat_template(
-        [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Name three colours."}],
+        [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "Name three colours."},
+        ],
         add_generation_prompt=True,
         tokenize=False,
     )
@@ -137,7 +140,9 @@ def test_bad_prompts_raise_before_any_model_runs(
     assert forward_counter == []
 
 
-def test_prompt_longer_than_context_is_refused(engine: BacoEngine, forward_counter: list[int]) -> None:
+def test_prompt_longer_than_context_is_refused(
+    engine: BacoEngine, forward_counter: list[int]
+) -> None:
     assert engine.context_window is not None
     long_prompt = " the" * (engine.context_window + 10)
     with pytest.raises(ValueError, match="prompt is too long"):

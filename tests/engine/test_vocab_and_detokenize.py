@@ -25,7 +25,9 @@ from baco_integrations.vocab import classify_token
         ("<|im_end|>", "<|im_end|>", True, (False, True, False)),
     ],
 )
-def test_classify_token(raw: str, text: str, special: bool, expected: tuple[bool, bool, bool]) -> None:
+def test_classify_token(
+    raw: str, text: str, special: bool, expected: tuple[bool, bool, bool]
+) -> None:
     assert classify_token(raw, text, special=special) == expected
 
 
@@ -57,6 +59,8 @@ def test_incremental_detokenizer_never_splits_characters(engine: BacoEngine) -> 
 
 def test_incremental_detokenizer_skips_special_tokens(engine: BacoEngine) -> None:
     tok = engine.aligned_tokenizer
-    ids = tok("hello", add_special_tokens=False)["input_ids"] + [tok.convert_tokens_to_ids("<|im_end|>")]
+    ids = tok("hello", add_special_tokens=False)["input_ids"] + [
+        tok.convert_tokens_to_ids("<|im_end|>")
+    ]
     detok = IncrementalDetokenizer(tok)
     assert "".join(detok.push(i) for i in ids) + detok.flush() == "hello"
