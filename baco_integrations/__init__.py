@@ -10,7 +10,7 @@ from .config import (
     GenerationSettings,
     RouterConfig,
 )
-from .engine import BacoEngine, DecodeStats
+from .engine import BacoEngine, DecodeStats, DecodingCancelled
 from .outputs import BacoChunk, BacoOutput
 from .routers import Router, RouterInputs, build_router
 
@@ -21,6 +21,7 @@ __all__ = [
     "BacoEngine",
     "BacoOutput",
     "DecodeStats",
+    "DecodingCancelled",
     "GenerationSettings",
     "Router",
     "RouterConfig",

@@ -257,6 +257,10 @@ class _Sample:
         )
 
 
+class DecodingCancelled(RuntimeError):
+    """Raised by :meth:`BacoEngine.generate` when its ``cancel`` event was set."""
+
+
 @dataclass
 class DecodeStats:
     """Work done by one call: forward passes and tokens run through each model."""
@@ -416,13 +420,23 @@ class BacoEngine:
         prompts: Prompt | Sequence[Prompt],
         *,
         settings: GenerationSettings | None = None,
+        cancel: threading.Event | None = None,
         **overrides: Any,
     ) -> list[list[BacoOutput]]:
-        """Decode ``n`` samples for each prompt; ``outputs[i][j]`` is sample j of prompt i."""
+        """Decode ``n`` samples for each prompt; ``outputs[i][j]`` is sample j of prompt i.
+
+        Setting ``cancel`` from another thread stops decoding after the current step and
+        raises :class:`DecodingCancelled` (no partial result is returned).
+        """
         job = self._prepare(prompts, self.resolve_settings(settings, **overrides))
         with self._lock:
-            for _ in self._decode(job):
-                pass
+            decoding = self._decode(job)
+            try:
+                for _ in decoding:
+                    if cancel is not None and cancel.is_set():
+                        raise DecodingCancelled("generate was cancelled")
+            finally:
+                decoding.close()
         return job.outputs()
 
     def stream(
@@ -662,20 +676,26 @@ class BacoEngine:
             if end > safe:
                 break
             if end > start:
+                first = sample.emitted_tokens
                 yield BacoChunk(
                     text=sample.text[start:end],
                     source=sample.sources[i],
-                    token_ids=tuple(sample.token_ids[sample.emitted_tokens : i + 1]),
+                    token_ids=tuple(sample.token_ids[first : i + 1]),
+                    sources=tuple(sample.sources[first : i + 1]),
                     sample_index=sample.sample_index,
+                    prompt_tokens=sample.prompt_tokens,
                 )
                 sample.emitted_tokens, start = i + 1, end
         if sample.finish_reason is not None:
             rest = sample.text[start:]
+            first = sample.emitted_tokens
             yield BacoChunk(
                 text=rest,
                 source=sample.sources[-1] if rest else None,
-                token_ids=tuple(sample.token_ids[sample.emitted_tokens :]),
+                token_ids=tuple(sample.token_ids[first:]),
+                sources=tuple(sample.sources[first:]),
                 sample_index=sample.sample_index,
                 finish_reason=sample.finish_reason,
+                prompt_tokens=sample.prompt_tokens,
             )
             sample.emitted_tokens = len(sample.token_ids)

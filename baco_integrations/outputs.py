@@ -43,11 +43,15 @@ class BacoOutput:
 class BacoChunk:
     """A streamed piece of one sample: new text and the model it came from.
 
-    The last chunk of a sample has ``finish_reason`` set (its text may be empty).
+    ``source`` is the model of the chunk's last token; ``sources`` has one entry per token id
+    (a token that completed no character yet shares the next chunk). The last chunk of a
+    sample has ``finish_reason`` set (its text may be empty).
     """
 
     text: str
     source: Source | None
     token_ids: tuple[int, ...] = ()
+    sources: tuple[Source, ...] = ()
     sample_index: int = 0
     finish_reason: FinishReason | None = None
+    prompt_tokens: int = 0

@@ -210,3 +210,23 @@ def test_callable_router(engine: BacoEngine) -> None:
 
     with pytest.raises(ValueError, match="router must return"):
         engine.generate("hi", router=bad, max_new_tokens=3)
+
+
+def test_stream_chunks_carry_one_source_per_token(engine: BacoEngine) -> None:
+    chunks = list(engine.stream(PROMPTS[2], router="random", gamma=0.5, max_new_tokens=30, seed=4))
+    full = engine.generate(PROMPTS[2], router="random", gamma=0.5, max_new_tokens=30, seed=4)[0][0]
+    assert all(len(c.sources) == len(c.token_ids) for c in chunks)
+    assert tuple(s for c in chunks for s in c.sources) == full.sources
+    assert all(c.prompt_tokens == full.prompt_tokens for c in chunks)
+
+
+def test_generate_can_be_cancelled_from_another_thread(engine: BacoEngine) -> None:
+    from baco_integrations import DecodingCancelled
+
+    cancel = threading.Event()
+    cancel.set()
+    with pytest.raises(DecodingCancelled):
+        engine.generate(PROMPTS[0], max_new_tokens=200, cancel=cancel)
+    assert engine.last_stats.steps == 1
+    # the lock was released
+    assert engine.generate("hi", max_new_tokens=2)[0][0].num_tokens <= 2
