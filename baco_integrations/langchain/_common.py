@@ -12,15 +12,15 @@ import asyncio
 import os
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
-from contextlib import closing
+from contextlib import closing, suppress
 from typing import Any, Literal, Self, TypeVar
 
 from langchain_core.language_models.base import LangSmithParams
 from pydantic import Field, model_validator
 
 from ..config import SETTING_NAMES, GenerationSettings, Source
-from ..engine import BacoEngine
-from ..outputs import BacoChunk
+from ..engine import BacoEngine, DecodingCancelled
+from ..outputs import BacoChunk, BacoOutput
 
 T = TypeVar("T")
 
@@ -230,39 +230,42 @@ def check_streamable(settings: GenerationSettings) -> None:
 
 
 class SourceTracker:
-    """Per-token sources of one streamed sample, rebuilt from its chunks.
-
-    :class:`BacoChunk` has one ``source``, that of its last token; its earlier tokens are
-    tokens without text of their own (part of a UTF-8 character). In well-formed text those
-    belong to the same character, hence to the same model, so the chunk's source is theirs.
-    Only malformed output (an incomplete character followed by the other model's word) mixes
-    models in one chunk; then all its tokens get the last one's source. A final chunk without
-    text has no source; its tokens continue the previous chunk's. An engine whose chunks carry
-    per-token ``sources`` is taken at its word.
-    """
+    """Per-token sources of one streamed sample, accumulated from its chunks."""
 
     def __init__(self) -> None:
         self.sources: list[Source] = []
-        self._last: Source | None = None
 
     def add(self, chunk: BacoChunk) -> list[Source]:
         """The sources of ``chunk``'s tokens, remembered for :attr:`base_fraction`."""
-        explicit = getattr(chunk, "sources", None)  # an engine that reports them per token
-        if explicit is not None:
-            sources = list(explicit)
-        else:
-            source = chunk.source or self._last
-            sources = [source] * len(chunk.token_ids) if source is not None else []
-        if sources:
-            self._last = sources[-1]
-        self.sources.extend(sources)
-        return sources
+        self.sources.extend(chunk.sources)
+        return list(chunk.sources)
 
     @property
     def base_fraction(self) -> float:
         if not self.sources:
             return 0.0
         return sum(s == "base" for s in self.sources) / len(self.sources)
+
+
+async def generate_in_thread(
+    engine: BacoEngine, prompts: list[Any], settings: GenerationSettings
+) -> list[list[BacoOutput]]:
+    """``engine.generate`` in a worker thread; cancelling the caller stops the decoding.
+
+    Without the cancel event a cancelled ``ainvoke`` would leave its thread decoding to the
+    end while holding the engine's lock.
+    """
+    cancel = threading.Event()
+    worker = asyncio.ensure_future(
+        asyncio.to_thread(engine.generate, prompts, settings=settings, cancel=cancel)
+    )
+    try:
+        return await asyncio.shield(worker)
+    except asyncio.CancelledError:
+        cancel.set()
+        with suppress(DecodingCancelled):
+            await worker  # the engine stops after its current step and frees its lock
+        raise
 
 
 #: How many items the worker may produce ahead of the consumer. Small, so that an abandoned

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import builtins
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import closing
@@ -25,7 +24,14 @@ from pydantic import ConfigDict
 
 from ..config import GenerationSettings
 from ..outputs import BacoOutput
-from ._common import PROVIDER, BacoSettingsMixin, SourceTracker, check_streamable, iterate_in_thread
+from ._common import (
+    PROVIDER,
+    BacoSettingsMixin,
+    SourceTracker,
+    check_streamable,
+    generate_in_thread,
+    iterate_in_thread,
+)
 
 _ROLES: dict[str, str] = {
     "system": "system",
@@ -170,7 +176,7 @@ class ChatBaco(BacoSettingsMixin, BaseChatModel):
     ) -> ChatResult:
         settings = self._settings(stop, kwargs)  # fail fast, on the loop
         conversation = to_conversation(messages)
-        outputs = await asyncio.to_thread(self.engine.generate, [conversation], settings=settings)
+        outputs = await generate_in_thread(self.engine, [conversation], settings)
         return self._result(outputs[0])
 
     def _stream(
@@ -272,7 +278,7 @@ class ChatBaco(BacoSettingsMixin, BaseChatModel):
                 if chunk.finish_reason is None:
                     message = AIMessageChunk(content=chunk.text, response_metadata=metadata)
                 else:
-                    prompt_tokens = self._prompt_tokens(conversation, settings)
+                    prompt_tokens = chunk.prompt_tokens
                     output_tokens = len(tracker.sources)
                     metadata |= {
                         **self._metadata(),

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import builtins
 import uuid
 from collections.abc import AsyncIterator, Iterator, Sequence
@@ -21,7 +20,13 @@ from pydantic import ConfigDict
 
 from ..config import GenerationSettings
 from ..outputs import BacoOutput
-from ._common import BacoSettingsMixin, SourceTracker, check_streamable, iterate_in_thread
+from ._common import (
+    BacoSettingsMixin,
+    SourceTracker,
+    check_streamable,
+    generate_in_thread,
+    iterate_in_thread,
+)
 
 
 def generation_info(output: BacoOutput) -> dict[str, Any]:
@@ -166,7 +171,7 @@ class BacoLLM(BacoSettingsMixin, BaseLLM):
             return self._result_from_chunks(chunks)
         if not prompts:
             return LLMResult(generations=[])
-        outputs = await asyncio.to_thread(self.engine.generate, list(prompts), settings=settings)
+        outputs = await generate_in_thread(self.engine, list(prompts), settings)
         return self._result(outputs)
 
     def _stream(
@@ -209,7 +214,7 @@ class BacoLLM(BacoSettingsMixin, BaseLLM):
                         "finish_reason": chunk.finish_reason,
                         "base_fraction": tracker.base_fraction,
                         "num_tokens": len(tracker.sources),
-                        "prompt_tokens": self._prompt_tokens(prompt, settings),
+                        "prompt_tokens": chunk.prompt_tokens,
                     }
                 yield GenerationChunk(text=chunk.text, generation_info=info)
 

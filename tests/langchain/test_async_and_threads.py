@@ -7,7 +7,6 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 
 import pytest
 
@@ -158,33 +157,29 @@ def test_llm_batch_with_max_concurrency(engine: BacoEngine) -> None:
 # ------------------------------------------------------------------------ helpers
 
 
-@dataclass
-class _Chunk:
-    text: str
-    source: str | None
-    token_ids: tuple[int, ...]
-    finish_reason: str | None = None
-
-
-@dataclass
-class _ChunkWithSources(_Chunk):
-    sources: tuple[str, ...] = ()
-
-
-def test_source_tracker() -> None:
+def test_source_tracker_reads_per_token_sources() -> None:
     tracker = SourceTracker()
-    assert tracker.add(_Chunk("a", "base", (1, 2))) == ["base", "base"]
-    assert tracker.add(_Chunk(" b", "aligned", (3,))) == ["aligned"]
-    # a last chunk without text continues the previous chunk's word
-    assert tracker.add(_Chunk("", None, (4,), "length")) == ["aligned"]
-    assert tracker.base_fraction == 0.5
-    # an engine that reports per-token sources is taken at its word
-    exact = SourceTracker()
-    assert exact.add(_ChunkWithSources("xy", "base", (1, 2), sources=("aligned", "base"))) == [
-        "aligned",
-        "base",
+    chunk = BacoChunk("xy", "base", (1, 2), sources=("aligned", "base"))
+    assert tracker.add(chunk) == ["aligned", "base"]
+    assert tracker.add(BacoChunk("", None, (3,), sources=("base",), finish_reason="length")) == [
+        "base"
     ]
+    assert tracker.sources == ["aligned", "base", "base"]
+    assert tracker.base_fraction == 2 / 3
     assert SourceTracker().base_fraction == 0.0
+
+
+async def test_cancelled_ainvoke_stops_decoding_and_frees_the_engine(engine) -> None:
+    llm = BacoLLM(engine=engine, max_new_tokens=400, router="P", seed=0)
+    task = asyncio.create_task(llm.ainvoke("Ideas for a coffee shop"))
+    await asyncio.sleep(0.5)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    # the engine stopped early and its lock is free again
+    assert engine.last_stats.steps < 400
+    assert engine._lock.acquire(timeout=5)
+    engine._lock.release()
 
 
 async def test_iterate_in_thread_closes_the_iterator_in_its_thread() -> None:
