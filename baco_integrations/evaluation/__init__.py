@@ -45,8 +45,22 @@ from .semantic import (
     semantic_diversity,
     vendi_score,
 )
+from .sweep import (
+    SweepConfig,
+    SweepConfigError,
+    SweepResult,
+    load_config,
+    load_prompts,
+    run_sweep,
+)
 
 __all__ = [
+    "SweepConfig",
+    "SweepConfigError",
+    "SweepResult",
+    "load_config",
+    "load_prompts",
+    "run_sweep",
     "DEFAULT_CLUSTER_THRESHOLD",
     "DIVERSITY_METRICS",
     "PLANE_GROUPS",

@@ -1,0 +1,220 @@
+"""``baco`` command line: ``baco generate`` (sample with a router) and ``baco sweep`` (evaluate).
+
+Examples::
+
+    baco generate --base Qwen/Qwen2.5-0.5B --aligned Qwen/Qwen2.5-0.5B-Instruct \\
+        --router P-PUNC --gamma 0.3 -n 4 "Suggest a name for a night bakery."
+    baco sweep --example > sweep.toml      # a commented configuration to edit
+    baco sweep sweep.toml                  # resumes by default; --no-resume starts over
+
+Exit status: 0 on success, 2 for invalid arguments / configuration, 3 when a sweep stopped at
+``--max-batches`` (resumable), 130 when interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+EXIT_USAGE = 2
+EXIT_INCOMPLETE = 3
+EXIT_INTERRUPTED = 130
+
+#: ``baco generate`` options that map one-to-one onto GenerationSettings fields; only those
+#: the user gives are passed, so the engine's documented defaults apply to the rest.
+_SETTING_OPTIONS = (
+    "router",
+    "gamma",
+    "gate",
+    "n",
+    "max_new_tokens",
+    "temperature",
+    "top_p",
+    "top_k",
+    "min_p",
+    "seed",
+    "system_prompt",
+    "stop",
+)
+
+
+def _add_generate(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "generate",
+        help="sample responses to one prompt with a BACO router",
+        description="Decode n samples of one prompt with a base/aligned pair and print them, "
+        "each with the share of tokens the base model wrote.",
+    )
+    p.add_argument("prompt", help="the user prompt; '-' reads it from standard input")
+    p.add_argument("--base", required=True, help="base model: hub id, directory or GGUF file")
+    p.add_argument("--aligned", required=True, help="aligned model: hub id, directory or GGUF")
+    p.add_argument("--router", default="P-PUNC", help="router name (default: P-PUNC)")
+    p.add_argument("--gamma", type=float, help="router threshold (default: the router's own)")
+    p.add_argument("--gate", choices=("base", "aligned"), help="model the P/H rules read")
+    p.add_argument("-n", type=int, default=1, help="samples (default: 1)")
+    p.add_argument("--max-new-tokens", type=int, help="most tokens per sample (default: 128)")
+    p.add_argument("--temperature", type=float, help="sampling temperature (default: 1.0)")
+    p.add_argument("--top-p", type=float, help="nucleus mass (default: 1.0, off)")
+    p.add_argument("--top-k", type=int, help="top-k (default: 0, off)")
+    p.add_argument("--min-p", type=float, help="min-p (default: 0.0, off)")
+    p.add_argument("--seed", type=int, help="seed for reproducible samples")
+    p.add_argument("--system-prompt", help="system prompt of the aligned model")
+    p.add_argument("--stop", action="append", help="stop string (repeatable)")
+    p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    p.add_argument("--dtype", default="auto", help="auto (bf16 on CUDA, fp32 on CPU), ...")
+    p.add_argument("--base-gguf-file", help="GGUF file inside --base")
+    p.add_argument("--aligned-gguf-file", help="GGUF file inside --aligned")
+    p.add_argument("--json", action="store_true", help="print one JSON object per sample")
+    p.set_defaults(func=_cmd_generate)
+
+
+def _add_sweep(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "sweep",
+        help="evaluate methods over γ / temperature / min-p sweeps",
+        description="Run the sweep a TOML (or .json) CONFIG describes: generations go to "
+        "OUTPUT_DIR/generations.jsonl as they are made (an interrupted sweep resumes), then "
+        "metrics.csv, coverage_dominance.md and plot_*.png are written. "
+        "`baco sweep --example` prints a commented configuration.",
+    )
+    p.add_argument("config", nargs="?", help="sweep configuration (.toml or .json)")
+    p.add_argument(
+        "--resume",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="skip generations already stored (default); --no-resume deletes them and starts over",
+    )
+    p.add_argument(
+        "--max-batches",
+        type=int,
+        help="generate at most this many (method, point, prompt) batches, then stop; "
+        "rerun to continue",
+    )
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.add_argument("--example", action="store_true", help="print an example configuration")
+    p.set_defaults(func=_cmd_sweep)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="baco", description="BACO: base-aligned model collaboration decoding."
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_generate(sub)
+    _add_sweep(sub)
+    return parser
+
+
+def _cmd_generate(args: argparse.Namespace) -> int:
+    from .config import GenerationSettings
+    from .engine import BacoEngine
+
+    prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
+    overrides: dict[str, Any] = {
+        name: getattr(args, name) for name in _SETTING_OPTIONS if getattr(args, name) is not None
+    }
+    # Validate before loading any model: a bad γ should not cost a model download.
+    settings = GenerationSettings(**overrides)
+    engine = BacoEngine.from_pretrained(
+        args.base,
+        args.aligned,
+        device=args.device,
+        dtype=args.dtype,
+        base_gguf_file=args.base_gguf_file,
+        aligned_gguf_file=args.aligned_gguf_file,
+    )
+    (outputs,) = engine.generate([prompt], settings=settings)
+    for i, out in enumerate(outputs, start=1):
+        if args.json:
+            print(
+                json.dumps(
+                    {
+                        "sample": i,
+                        "text": out.text,
+                        "base_fraction": out.base_fraction,
+                        "num_tokens": out.num_tokens,
+                        "finish_reason": out.finish_reason,
+                    },
+                    ensure_ascii=False,
+                )
+            )
+        else:
+            print(
+                f"--- sample {i}/{len(outputs)} | base fraction {out.base_fraction:.2f} | "
+                f"{out.num_tokens} tokens | {out.finish_reason} ---"
+            )
+            print(out.text)
+    return 0
+
+
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from .evaluation.sweep import EXAMPLE_CONFIG, SweepError, load_config, run_sweep
+
+    if args.example:
+        sys.stdout.write(EXAMPLE_CONFIG)
+        return 0
+    if args.config is None:
+        raise ValueError("the sweep command needs CONFIG (or --example)")
+    if args.max_batches is not None and args.max_batches < 1:
+        raise ValueError("--max-batches must be >= 1")
+    config = load_config(args.config)
+    if not logging.getLogger().handlers:
+        # Our own stage messages at INFO; other libraries' only from WARNING up.
+        logging.basicConfig(level=logging.WARNING, format="baco: %(message)s", stream=sys.stderr)
+        logging.getLogger("baco_integrations").setLevel(logging.INFO)
+    try:
+        result = run_sweep(
+            config,
+            resume=args.resume,
+            max_batches=args.max_batches,
+            progress=not args.no_progress,
+        )
+    except SweepError as exc:
+        print(f"baco: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print(
+            f"\nbaco: interrupted; every finished batch is saved in {config.output_dir}. "
+            "Run the same command again to resume.",
+            file=sys.stderr,
+        )
+        return EXIT_INTERRUPTED
+    if not result.complete:
+        print(
+            f"stopped after {result.generated} new batches ({result.skipped} were already "
+            f"done); run again to continue. Generations: {result.output_dir}"
+        )
+        return EXIT_INCOMPLETE
+    print(f"sweep done: {result.generated} batches generated, {result.skipped} resumed.")
+    for name, path in result.files.items():
+        print(f"  {name}: {path}")
+    print()
+    print("coverage / dominance (lexical | semantic | overall):")
+    for method in (m.name for m in config.methods):
+        cells = [
+            f"{group} {result.groups[group][method][0]:.3f} / {result.groups[group][method][1]:.3f}"
+            for group in result.groups
+        ]
+        print(f"  {method}: " + " | ".join(cells))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``baco`` console script; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except ValueError as exc:
+        # Invalid settings or configuration (pydantic errors and SweepConfigError are
+        # ValueErrors): a message, not a traceback.
+        print(f"baco: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

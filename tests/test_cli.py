@@ -1,0 +1,169 @@
+"""``baco`` command line, run in-process through ``main([...])`` on the tiny pair."""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+
+from baco_integrations.cli import EXIT_INCOMPLETE, EXIT_USAGE, main
+from baco_integrations.testing import TinyPair
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_torch_thread() -> Iterator[None]:
+    """Tiny models gain nothing from intra-op threads; on a busy 2-core machine they are
+    many times slower with them. Restored after this module."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def pair_args(pair: TinyPair) -> list[str]:
+    return ["--base", str(pair.base_dir), "--aligned", str(pair.aligned_dir)]
+
+
+def test_generate_prints_samples_with_base_fraction(
+    tiny_pair: TinyPair, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = [
+        "generate",
+        *pair_args(tiny_pair),
+        "--router",
+        "P-PUNC",
+        "--gamma",
+        "0.3",
+        "-n",
+        "3",
+        "--max-new-tokens",
+        "5",
+        "--seed",
+        "1",
+        "Suggest a name for a cat.",
+    ]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    headers = [line for line in out.splitlines() if line.startswith("--- sample")]
+    assert len(headers) == 3
+    assert all("base fraction" in h and "tokens" in h for h in headers)
+    assert headers[0].startswith("--- sample 1/3 | base fraction ")
+    # Same seed, same samples.
+    assert main(argv) == 0
+    assert capsys.readouterr().out == out
+
+
+def test_generate_json_and_stdin(
+    tiny_pair: TinyPair, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import io
+
+    monkeypatch.setattr("sys.stdin", io.StringIO("Write a line about the sea."))
+    argv = [
+        "generate",
+        *pair_args(tiny_pair),
+        "--router",
+        "base",
+        "-n",
+        "2",
+        "--max-new-tokens",
+        "4",
+        "--json",
+        "-",
+    ]
+    assert main(argv) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["sample"] for r in rows] == [1, 2]
+    for row in rows:
+        assert set(row) == {"sample", "text", "base_fraction", "num_tokens", "finish_reason"}
+        assert row["num_tokens"] == 0 or row["base_fraction"] == 1.0
+
+
+def test_generate_rejects_bad_settings_before_loading(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The model paths do not exist: the error must come from validation, not loading.
+    missing = str(tmp_path / "missing")
+    argv = ["generate", "--base", missing, "--aligned", missing, "--gamma", "1.5", "hi"]
+    assert main(argv) == EXIT_USAGE
+    assert "gamma=1.5 is out of range" in capsys.readouterr().err
+
+
+def test_sweep_resumes_and_writes_outputs(
+    tiny_pair: TinyPair, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "prompts.jsonl").write_text(
+        '{"id": "a", "prompt": "Name a colour."}\n{"id": "b", "prompt": "Name a fruit."}\n'
+    )
+    # Lexical metrics only: no sentence embedder to load in a quick CLI test.
+    (tmp_path / "sweep.toml").write_text(
+        f"""
+base = "{tiny_pair.base_dir}"
+aligned = "{tiny_pair.aligned_dir}"
+prompts = "prompts.jsonl"
+n = 2
+max_new_tokens = 4
+output_dir = "out"
+
+[[methods]]
+router = "P-PUNC"
+gammas = [0.2, 0.8]
+
+[[methods]]
+name = "aligned"
+router = "aligned"
+
+[metrics]
+diversity = ["distinct_1", "self_rouge_l"]
+plot_planes = [["self_rouge_l", "logprob"]]
+"""
+    )
+    config = str(tmp_path / "sweep.toml")
+    assert main(["sweep", config, "--max-batches", "2", "--no-progress"]) == EXIT_INCOMPLETE
+    assert "run again to continue" in capsys.readouterr().out
+    assert len((tmp_path / "out" / "generations.jsonl").read_text().splitlines()) == 2
+
+    assert main(["sweep", config, "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "4 batches generated, 2 resumed" in out
+    assert "P-PUNC: lexical" in out and "overall" in out
+    assert len((tmp_path / "out" / "generations.jsonl").read_text().splitlines()) == 6
+    for name in ("metrics.csv", "metrics.json", "coverage_dominance.md", "coverage_dominance.json"):
+        assert (tmp_path / "out" / name).is_file()
+    assert [p.name for p in (tmp_path / "out").glob("plot_*.png")] == [
+        "plot_self_rouge_l__logprob.png"
+    ]
+
+    # Nothing left to generate: the models are not loaded for generation, the judge is loaded
+    # from the aligned path, and the numbers are those of the run that reused the engine's.
+    metrics = (tmp_path / "out" / "metrics.json").read_text()
+    assert main(["sweep", config, "--no-progress"]) == 0
+    assert "0 batches generated, 6 resumed" in capsys.readouterr().out
+    assert (tmp_path / "out" / "metrics.json").read_text() == metrics
+
+    # --no-resume starts over.
+    assert main(["sweep", config, "--no-resume", "--max-batches", "1", "--no-progress"]) == 3
+    assert len((tmp_path / "out" / "generations.jsonl").read_text().splitlines()) == 1
+
+
+def test_sweep_example_and_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["sweep", "--example"]) == 0
+    example = tomllib.loads(capsys.readouterr().out)
+    assert example["methods"][0]["router"] == "P-PUNC"
+
+    bad = tmp_path / "bad.toml"
+    bad.write_text(
+        'base = "b"\naligned = "a"\noutput_dir = "o"\n[[methods]]\nrouter = "H"\nn = 3\n'
+    )
+    assert main(["sweep", str(bad)]) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert "methods[0]" in err and "'n' is set for the whole sweep" in err
+
+    assert main(["sweep"]) == EXIT_USAGE
+    assert "needs CONFIG" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["generate", "hi"])  # --base / --aligned are required: argparse exits
