@@ -4,24 +4,12 @@ from __future__ import annotations
 
 import json
 import tomllib
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import torch
 
 from baco_integrations.cli import EXIT_INCOMPLETE, EXIT_USAGE, main
 from baco_integrations.testing import TinyPair
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread() -> Iterator[None]:
-    """Tiny models gain nothing from intra-op threads; on a busy 2-core machine they are
-    many times slower with them. Restored after this module."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def pair_args(pair: TinyPair) -> list[str]:

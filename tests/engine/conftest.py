@@ -8,12 +8,7 @@ from dataclasses import dataclass, field
 import pytest
 import torch
 
-from baco_integrations import BacoEngine, RouterInputs
-
-
-@pytest.fixture(scope="session")
-def engine(tiny_pair) -> BacoEngine:
-    return BacoEngine.from_pretrained(tiny_pair.base_dir, tiny_pair.aligned_dir, device="cpu")
+from baco_integrations import RouterInputs
 
 
 @dataclass

@@ -11,13 +11,12 @@ import json
 import math
 import shutil
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-import torch
 
 from baco_integrations import BacoEngine
 from baco_integrations.evaluation.plotting import plot_plane
@@ -118,21 +117,6 @@ def make_config(pair: TinyPair, root: Path, **overrides: Any) -> SweepConfig:
 def generations(path: Path) -> dict[tuple[str, str, str], list[dict[str, Any]]]:
     records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     return {GenerationStore.key_of(r): r["samples"] for r in records}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread() -> Iterator[None]:
-    """Tiny models gain nothing from intra-op threads, and on a busy 2-core machine OpenMP's
-    spinning threads make them many times slower; restored after this module."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
-@pytest.fixture(scope="module")
-def engine(tiny_pair: TinyPair) -> BacoEngine:
-    return BacoEngine.from_pretrained(tiny_pair.base_dir, tiny_pair.aligned_dir)
 
 
 @pytest.fixture(scope="module")
