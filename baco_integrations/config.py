@@ -126,7 +126,9 @@ class GenerationSettings(BaseModel):
     ``router``; left as ``None`` they keep them (or the router's defaults).
     """
 
-    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True, validate_assignment=True)
+    model_config = ConfigDict(
+        extra="forbid", arbitrary_types_allowed=True, validate_assignment=True
+    )
 
     router: str | RouterConfig | Callable[..., Any] = Field(
         default="P-PUNC", description="Router name, RouterConfig or callable router."

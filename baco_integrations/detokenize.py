@@ -27,6 +27,10 @@ class IncrementalDetokenizer:
             ids, skip_special_tokens=True, clean_up_tokenization_spaces=False
         )
 
+    def decode(self, ids: list[int]) -> str:
+        """The whole text of ``ids`` at once (for callers that need no deltas)."""
+        return self._decode(ids)
+
     def push(self, token_id: int) -> str:
         """Append ``token_id`` and return the newly completed text (possibly empty)."""
         self.token_ids.append(token_id)

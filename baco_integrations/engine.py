@@ -29,7 +29,7 @@ from transformers import (
 from .config import GenerationSettings, Source
 from .detokenize import IncrementalDetokenizer
 from .outputs import BacoChunk, BacoOutput, FinishReason
-from .prompts import Prompt, aligned_ids, base_ids, normalize_prompts
+from .prompts import Prompt, aligned_ids, base_ids, is_conversation, normalize_prompts
 from .routers import NO_SOURCE, RouterInputs, build_router, router_needs
 from .sampling import Sampler
 from .vocab import VocabMasks, build_vocab_masks
@@ -186,12 +186,17 @@ class _ModelState:
 
 @dataclass
 class _Sample:
-    """The growing text of one sample, its tokens and where each token's text ends."""
+    """The growing text of one sample, its tokens and where each token's text ends.
+
+    Text is decoded token by token only when ``incremental`` (streaming or stop strings);
+    otherwise it is decoded once when the sample finishes.
+    """
 
     prompt_index: int
     sample_index: int
     prompt_tokens: int
     detokenizer: IncrementalDetokenizer
+    incremental: bool = True
     token_ids: list[int] = field(default_factory=list)
     sources: list[Source] = field(default_factory=list)
     ends: list[int] = field(default_factory=list)
@@ -200,16 +205,19 @@ class _Sample:
     emitted_tokens: int = 0
 
     def append(self, token_id: int, source: Source) -> str:
-        delta = self.detokenizer.push(token_id)
-        self.text += delta
         self.token_ids.append(token_id)
         self.sources.append(source)
+        if not self.incremental:
+            return ""
+        delta = self.detokenizer.push(token_id)
+        self.text += delta
         self.ends.append(len(self.text))
         return delta
 
     def finish(self, reason: FinishReason) -> None:
-        tail = self.detokenizer.flush()
-        if tail:
+        if not self.incremental:
+            self.text = self.detokenizer.decode(self.token_ids)
+        elif tail := self.detokenizer.flush():
             self.text += tail
             self.ends[-1] = len(self.text)
         self.finish_reason = reason
@@ -428,7 +436,7 @@ class BacoEngine:
         Setting ``cancel`` from another thread stops decoding after the current step and
         raises :class:`DecodingCancelled` (no partial result is returned).
         """
-        job = self._prepare(prompts, self.resolve_settings(settings, **overrides))
+        job = self._prepare(prompts, self.resolve_settings(settings, **overrides), stream=False)
         with self._lock:
             decoding = self._decode(job)
             try:
@@ -451,17 +459,17 @@ class BacoEngine:
         Settings are validated here, before iteration starts. Closing the iterator early stops
         decoding and frees the caches.
         """
-        if not (isinstance(prompt, str) or isinstance(prompt, Sequence)):
-            raise ValueError(f"prompt must be a string or a conversation, got {type(prompt)}")
-        if isinstance(prompt, Sequence) and not isinstance(prompt, str):
-            if prompt and all(isinstance(p, str) for p in prompt):
-                raise ValueError("stream takes one prompt; use generate for a list of prompts")
-        job = self._prepare([prompt], self.resolve_settings(settings, **overrides))
+        if not (isinstance(prompt, str) or is_conversation(prompt)):
+            raise ValueError(
+                "stream takes one prompt (a string or a list of {'role','content'} messages), "
+                f"got {type(prompt).__name__}; use generate for a list of prompts"
+            )
+        job = self._prepare([prompt], self.resolve_settings(settings, **overrides), stream=True)
         return self._stream(job)
 
     # ----------------------------------------------------------------- internals
 
-    def _prepare(self, prompts: object, settings: GenerationSettings) -> _Job:
+    def _prepare(self, prompts: object, settings: GenerationSettings, stream: bool) -> _Job:
         batch = normalize_prompts(prompts)
         base_prompt_ids = [base_ids(self.base_tokenizer, p, settings.base_template) for p in batch]
         aligned_prompt_ids = [
@@ -478,7 +486,13 @@ class BacoEngine:
                 )
             max_steps = min(max_steps, self.context_window - longest)
         samples = [
-            _Sample(i, j, len(aligned_prompt_ids[i]), IncrementalDetokenizer(self.aligned_tokenizer))
+            _Sample(
+                i,
+                j,
+                len(aligned_prompt_ids[i]),
+                IncrementalDetokenizer(self.aligned_tokenizer),
+                incremental=stream or bool(settings.stop),
+            )
             for i in range(len(batch))
             for j in range(settings.n)
         ]
@@ -509,6 +523,7 @@ class BacoEngine:
         states: dict[Source, _ModelState],
         prev_sources: torch.Tensor,
         prev_host: list[int],
+        active_host: list[bool],
         active: torch.Tensor,
         step: int,
         generator: torch.Generator,
@@ -531,7 +546,7 @@ class BacoEngine:
                 truncated[source] = sampler.truncate(tempered[source])
             return truncated[source]
 
-        active_prev = [p for p, a in zip(prev_host, active.tolist(), strict=True) if a]
+        active_prev = [p for p, a in zip(prev_host, active_host, strict=True) if a]
         has_prev = prev_sources != NO_SOURCE
         prev_base = prev_sources == 1
         if any(p != NO_SOURCE for p in active_prev):
@@ -606,10 +621,11 @@ class BacoEngine:
                 (len(samples),), NO_SOURCE, dtype=torch.long, device=self.device
             )
             prev_host = [NO_SOURCE] * len(samples)
+            active_host = [True] * len(samples)
             active = torch.ones(len(samples), dtype=torch.bool, device=self.device)
             for step in range(job.max_steps):
                 tokens, from_base = self._choose(
-                    job, states, prev_sources, prev_host, active, step, generator
+                    job, states, prev_sources, prev_host, active_host, active, step, generator
                 )
                 prev_sources = from_base.long()
                 job.stats.steps += 1
@@ -633,9 +649,10 @@ class BacoEngine:
                 yield changed
                 if all(s.finish_reason is not None for s in samples):
                     break
-                active = torch.tensor(
-                    [s.finish_reason is None for s in samples], device=self.device
-                )
+                still = [s.finish_reason is None for s in samples]
+                if still != active_host:
+                    active_host = still
+                    active = torch.tensor(still, device=self.device)
                 for state in states.values():
                     state.push(tokens)
                     if not settings.lazy:

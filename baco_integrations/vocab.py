@@ -31,7 +31,7 @@ FUNCTION_WORDS: frozenset[str] = frozenset(
     is am are was were be been being have has had having do does did doing
     will would shall should can could may might must
     there here
-    """.split()
+    """.split()  # noqa: SIM905 - a word list reads better as text
 )
 
 

@@ -1,0 +1,8 @@
+"""LlamaIndex adapter for BACO: :class:`BacoLLM`, a ``llama_index.core`` ``CustomLLM``.
+
+It wraps a :class:`~baco_integrations.BacoEngine` and decodes nothing itself.
+"""
+
+from .base import BacoLLM, to_conversation
+
+__all__ = ["BacoLLM", "to_conversation"]

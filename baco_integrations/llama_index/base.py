@@ -1,0 +1,461 @@
+"""BacoLLM: BACO collaborative decoding as a LlamaIndex ``CustomLLM``.
+
+A thin adapter in the manner of ``llama_index.llms.huggingface.HuggingFaceLLM``: decoding,
+prompt rendering and stop strings are the engine's job. This module turns LlamaIndex's
+calling conventions into one validated :class:`~baco_integrations.GenerationSettings` per call,
+LlamaIndex messages into the engine's ``{"role", "content"}`` conversation, and the engine's
+outputs into ``CompletionResponse``/``ChatResponse`` objects.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import closing
+from typing import Any, Self
+
+from llama_index.core.base.llms.types import (
+    CachePoint,
+    ChatMessage,
+    ChatResponse,
+    ChatResponseAsyncGen,
+    ChatResponseGen,
+    CompletionResponse,
+    CompletionResponseAsyncGen,
+    CompletionResponseGen,
+    LLMMetadata,
+    MessageRole,
+    TextBlock,
+    ThinkingBlock,
+)
+from llama_index.core.constants import DEFAULT_CONTEXT_WINDOW
+from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_callback
+from llama_index.core.llms.custom import CustomLLM
+from pydantic import ConfigDict, Field
+
+from ..config import GenerationSettings, Source
+from ..engine import BacoEngine
+from ..outputs import BacoChunk, BacoOutput
+from ..prompts import Prompt
+from ._threads import iterate_in_thread
+
+#: LlamaIndex roles the engine understands, and the role each becomes.
+_ROLES: dict[MessageRole, str] = {
+    MessageRole.SYSTEM: "system",
+    MessageRole.DEVELOPER: "system",
+    MessageRole.USER: "user",
+    MessageRole.ASSISTANT: "assistant",
+    MessageRole.MODEL: "assistant",
+    MessageRole.CHATBOT: "assistant",
+}
+#: Blocks that carry nothing the models should read: a caching hint, and the reasoning of a
+#: past assistant turn (chat templates drop it from the history too).
+_SKIPPED_BLOCKS = (CachePoint, ThinkingBlock)
+_TEXT_BLOCKS = (TextBlock, *_SKIPPED_BLOCKS)
+
+
+def _describe(value: Any) -> Any:
+    """A plain, printable form of a setting for observability payloads."""
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    if isinstance(value, list | tuple):
+        return [_describe(v) for v in value]
+    return repr(value)  # a RouterConfig or a callable router
+
+
+def to_conversation(messages: Sequence[ChatMessage]) -> list[dict[str, str]]:
+    """LlamaIndex messages as the engine's ``{"role", "content"}`` conversation.
+
+    System/developer, user and assistant messages map to ``system``, ``user`` and
+    ``assistant``. Consecutive messages of one role are joined with a blank line: LlamaIndex
+    puts ``LLM.system_prompt`` in front of a template's own system message, and many chat
+    templates reject two turns of one role in a row. Tool messages, tool calls and non-text
+    content are rejected: the models read text and BacoLLM does no tool calling.
+    """
+    conversation: list[dict[str, str]] = []
+    for message in messages:
+        role = _ROLES.get(message.role)
+        if role is None:
+            raise ValueError(
+                f"BacoLLM does not support {message.role.value!r} messages (no tool calling); "
+                f"use the roles {', '.join(sorted({r.value for r in _ROLES}))}"
+            )
+        if message.additional_kwargs.get("tool_calls"):
+            raise ValueError("BacoLLM does not support tool calling: a message carries tool_calls")
+        for block in message.blocks:
+            if not isinstance(block, _TEXT_BLOCKS):
+                raise ValueError(
+                    f"BacoLLM reads text only; got a {type(block).__name__} in a "
+                    f"{message.role.value} message"
+                )
+        content = "\n".join(b.text for b in message.blocks if isinstance(b, TextBlock))
+        if conversation and conversation[-1]["role"] == role:
+            conversation[-1]["content"] += "\n\n" + content
+        else:
+            conversation.append({"role": role, "content": content})
+    if not conversation:
+        raise ValueError("BacoLLM.chat needs at least one message")
+    return conversation
+
+
+def token_usage(outputs: Sequence[BacoOutput]) -> dict[str, int]:
+    """OpenAI-style usage of one prompt's samples; the prompt counts once (one shared prefill)."""
+    prompt = outputs[0].prompt_tokens if outputs else 0
+    completion = sum(o.num_tokens for o in outputs)
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+    }
+
+
+def sample_info(output: BacoOutput) -> dict[str, Any]:
+    """One finished sample as plain data."""
+    return {
+        "text": output.text,
+        "sources": list(output.sources),
+        "base_fraction": output.base_fraction,
+        "finish_reason": output.finish_reason,
+        "num_tokens": output.num_tokens,
+    }
+
+
+class _SourceTracker:
+    """Per-token sources of one streamed sample, rebuilt from its chunks.
+
+    A chunk's tokens come from one model (words are never split between the models). A final
+    chunk without text has no source; its tokens (half a character) continue the last word.
+    """
+
+    def __init__(self) -> None:
+        self.sources: list[Source] = []
+
+    def add(self, chunk: BacoChunk) -> None:
+        source = chunk.source or (self.sources[-1] if self.sources else None)
+        if source is not None:
+            self.sources.extend([source] * len(chunk.token_ids))
+
+    @property
+    def base_fraction(self) -> float:
+        if not self.sources:
+            return 0.0
+        return sum(s == "base" for s in self.sources) / len(self.sources)
+
+
+def _chat_response(response: CompletionResponse) -> ChatResponse:
+    """The chat form of a completion response: same text, delta and metadata."""
+    return ChatResponse(
+        message=ChatMessage(role=MessageRole.ASSISTANT, content=response.text),
+        delta=response.delta,
+        additional_kwargs=response.additional_kwargs,
+        raw=response.raw,
+    )
+
+
+class BacoLLM(GenerationSettings, CustomLLM):
+    """A base model and its aligned counterpart writing one response together (BACO).
+
+    Every router and sampling setting of :class:`~baco_integrations.GenerationSettings` is a
+    field (inherited, validators included) and can be overridden per call::
+
+        llm = BacoLLM(engine=engine, router="P-PUNC", gamma=0.3, max_new_tokens=128)
+        Settings.llm = llm
+        llm.complete("Ideas for a party", gamma=0.6, n=4)
+
+    Responses carry the per-token ``sources``, the ``base_fraction``, the ``finish_reason``,
+    all ``samples`` (``n`` of them) and token counts in ``additional_kwargs``; token counts
+    also in ``raw["usage"]``, where LlamaIndex's token counter reads them.
+
+    ``system_prompt`` is one field with one meaning for LlamaIndex and the engine: the
+    aligned model's system message (the base model never sees it). It is applied to every
+    call unless the conversation already opens with a system message (LlamaIndex's
+    ``predict`` puts it there itself) or ``complete(..., formatted=True)`` is given a prompt
+    LlamaIndex already formatted, system prompt included.
+
+    ``messages_to_prompt`` is not used: :meth:`chat` hands the conversation itself to the
+    engine, which renders it for each model.
+    """
+
+    model_config = ConfigDict(
+        extra="forbid",  # an unknown setting is an error, never silently dropped
+        arbitrary_types_allowed=True,
+        validate_assignment=True,  # ``llm.gamma = 7`` fails like ``BacoLLM(gamma=7)``
+        protected_namespaces=(),
+    )
+
+    engine: BacoEngine = Field(
+        exclude=True, repr=False, description="The loaded base/aligned pair that decodes."
+    )
+
+    # ----------------------------------------------------------------- construction
+
+    @classmethod
+    def from_model_ids(
+        cls,
+        base: str | os.PathLike[str],
+        aligned: str | os.PathLike[str],
+        *,
+        device: str | None = "cpu",
+        dtype: str = "auto",
+        device_map: str | dict[str, Any] | None = None,
+        base_gguf_file: str | None = None,
+        aligned_gguf_file: str | None = None,
+        trust_remote_code: bool = False,
+        revision: str | None = None,
+        model_kwargs: Mapping[str, Any] | None = None,
+        **fields: Any,
+    ) -> Self:
+        """Load a (base, aligned) pair with :meth:`BacoEngine.from_pretrained` and wrap it.
+
+        ``fields`` are settings (``router=``, ``gamma=``, ...) and LlamaIndex options
+        (``callback_manager=``, ``system_prompt=``, ...); they are checked before the models
+        load, so a typo fails fast. ``model_kwargs`` go to ``AutoModelForCausalLM``.
+        """
+        if "engine" in fields:
+            raise ValueError("from_model_ids loads its own engine; pass engine= to the class")
+        unknown = sorted(set(fields) - set(cls.model_fields))
+        if unknown:
+            raise ValueError(
+                f"unknown field(s) {', '.join(unknown)} for {cls.__name__}; settings are: "
+                f"{', '.join(GenerationSettings.model_fields)}"
+            )
+        settings = {k: v for k, v in fields.items() if k in GenerationSettings.model_fields}
+        GenerationSettings.model_validate(settings)
+        engine = BacoEngine.from_pretrained(
+            base,
+            aligned,
+            device=device,
+            dtype=dtype,
+            device_map=device_map,
+            base_gguf_file=base_gguf_file,
+            aligned_gguf_file=aligned_gguf_file,
+            trust_remote_code=trust_remote_code,
+            revision=revision,
+            **dict(model_kwargs or {}),
+        )
+        return cls(engine=engine, **fields)
+
+    @classmethod
+    def class_name(cls) -> str:
+        return "BacoLLM"
+
+    # ----------------------------------------------------------------- identity
+
+    @property
+    def model_names(self) -> dict[str, str]:
+        """``{"base": ..., "aligned": ...}``: the two checkpoints."""
+        return self.engine.model_names
+
+    @property
+    def model_name(self) -> str:
+        """``baco:<base>+<aligned>``, as reported in ``metadata`` and traces."""
+        names = self.engine.model_names
+        return f"baco:{names['base']}+{names['aligned']}"
+
+    @property
+    def metadata(self) -> LLMMetadata:
+        """The pair's real context window (the smaller model's) and output length.
+
+        ``is_chat_model`` is true when the aligned tokenizer has a chat template: the engine
+        then reads conversations natively (chat template for the aligned model, transcript for
+        the base model), so LlamaIndex sends messages to :meth:`chat`. Without a template the
+        engine renders everything as plain text, and LlamaIndex formats prompts itself.
+        """
+        return LLMMetadata(
+            context_window=self.engine.context_window or DEFAULT_CONTEXT_WINDOW,
+            num_output=self.max_new_tokens,
+            is_chat_model=bool(getattr(self.engine.aligned_tokenizer, "chat_template", None)),
+            is_function_calling_model=False,
+            model_name=self.model_name,
+        )
+
+    def to_payload(self) -> dict[str, Any]:
+        """Metadata plus the two models and every setting, for instrumentation events."""
+        return {
+            **super().to_payload(),
+            "base_model": self.engine.model_names["base"],
+            "aligned_model": self.engine.model_names["aligned"],
+            **{name: _describe(getattr(self, name)) for name in GenerationSettings.model_fields},
+        }
+
+    # ----------------------------------------------------------------- settings
+
+    @property
+    def generation_settings(self) -> GenerationSettings:
+        """This instance's settings as a plain, validated :class:`GenerationSettings`."""
+        # Attribute values, not model_dump(): a RouterConfig or callable router stays as is.
+        return GenerationSettings.model_validate(
+            {name: getattr(self, name) for name in GenerationSettings.model_fields}
+        )
+
+    def _call_settings(
+        self, kwargs: Mapping[str, Any], *, formatted: bool = False
+    ) -> GenerationSettings:
+        """The settings of one call: the fields with ``kwargs`` on top.
+
+        Unknown keyword arguments raise ``ValueError`` (``GenerationSettings.updated``). A
+        ``formatted`` prompt already holds the system prompt (``LLM._extend_prompt``), so the
+        field is not applied a second time; an explicit ``system_prompt=`` still is.
+        """
+        overrides = dict(kwargs)
+        if formatted:
+            overrides.setdefault("system_prompt", None)
+        settings = self.generation_settings
+        return settings.updated(**overrides) if overrides else settings
+
+    def _completion_call(
+        self, prompt: str, formatted: bool, kwargs: Mapping[str, Any]
+    ) -> tuple[str, GenerationSettings]:
+        """Settings and final prompt text of a completion call, as ``HuggingFaceLLM`` forms it.
+
+        An unformatted prompt goes through ``query_wrapper_prompt`` (deprecated, when set) and
+        ``completion_to_prompt`` (identity by default); either way the engine then renders the
+        text for each model (chat template for the aligned one, ``base_template`` for the base).
+        """
+        settings = self._call_settings(kwargs, formatted=formatted)
+        if not isinstance(prompt, str):
+            raise ValueError(f"prompt must be a string, got {type(prompt).__name__}")
+        if not formatted:
+            if self.query_wrapper_prompt is not None:
+                prompt = self.query_wrapper_prompt.format(query_str=prompt)
+            if self.completion_to_prompt is not None:
+                prompt = self.completion_to_prompt(prompt)
+        return prompt, settings
+
+    # ----------------------------------------------------------------- engine calls
+
+    def _generate(self, prompt: Prompt, settings: GenerationSettings) -> CompletionResponse:
+        """Decode ``settings.n`` samples of one prompt; sample 0 is the response's text."""
+        outputs = self.engine.generate([prompt], settings=settings)[0]
+        first, usage = outputs[0], token_usage(outputs)
+        return CompletionResponse(
+            text=first.text,
+            additional_kwargs={
+                "sources": list(first.sources),
+                "base_fraction": first.base_fraction,
+                "finish_reason": first.finish_reason,
+                **usage,
+                "samples": [sample_info(o) for o in outputs],
+            },
+            raw={"usage": usage, "outputs": outputs},
+        )
+
+    def _stream(self, prompt: Prompt, settings: GenerationSettings) -> CompletionResponseGen:
+        """Validate now, then stream one sample as running-text responses.
+
+        The engine's ``stream`` validates the settings and the prompt before iteration starts,
+        so errors raise at the call, as with :meth:`complete`.
+        """
+        if settings.n != 1:
+            raise ValueError(
+                f"streaming returns one sample, but n={settings.n}; use complete/chat (whose "
+                "additional_kwargs['samples'] hold all n samples) or stream with n=1"
+            )
+        return self._responses(prompt, settings, self.engine.stream(prompt, settings=settings))
+
+    def _responses(
+        self, prompt: Prompt, settings: GenerationSettings, chunks: Iterator[BacoChunk]
+    ) -> CompletionResponseGen:
+        tracker = _SourceTracker()
+        text = ""
+        # Closing the engine's iterator (also when our consumer stops early) stops decoding
+        # and releases the engine's lock.
+        with closing(chunks):  # type: ignore[type-var]
+            for chunk in chunks:
+                tracker.add(chunk)
+                text += chunk.text
+                info: dict[str, Any] = {
+                    "source": chunk.source,
+                    "sources": list(tracker.sources),
+                    "base_fraction": tracker.base_fraction,
+                }
+                raw: dict[str, Any] = {"chunk": chunk}
+                if chunk.finish_reason is not None:
+                    # Streams do not report the prompt's length: count the aligned rendering,
+                    # as BacoOutput.prompt_tokens does.
+                    encoded = self.engine.encode_prompts(
+                        prompt, settings.system_prompt, settings.base_template
+                    )
+                    prompt_tokens, completion_tokens = len(encoded["aligned"]), len(tracker.sources)
+                    usage = {
+                        "prompt_tokens": prompt_tokens,
+                        "completion_tokens": completion_tokens,
+                        "total_tokens": prompt_tokens + completion_tokens,
+                    }
+                    info |= {"finish_reason": chunk.finish_reason, **usage}
+                    raw["usage"] = usage
+                yield CompletionResponse(
+                    text=text, delta=chunk.text, additional_kwargs=info, raw=raw
+                )
+
+    def _stream_chat(
+        self, messages: Sequence[ChatMessage], kwargs: Mapping[str, Any]
+    ) -> ChatResponseGen:
+        responses = self._stream(to_conversation(messages), self._call_settings(kwargs))
+
+        def generate() -> ChatResponseGen:
+            with closing(responses):
+                for response in responses:
+                    yield _chat_response(response)
+
+        return generate()
+
+    # ----------------------------------------------------------------- completion
+
+    @llm_completion_callback()
+    def complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
+        """Complete ``prompt``; ``kwargs`` are per-call settings (unknown ones raise)."""
+        prompt, settings = self._completion_call(prompt, formatted, kwargs)
+        return self._generate(prompt, settings)
+
+    @llm_completion_callback()
+    def stream_complete(
+        self, prompt: str, formatted: bool = False, **kwargs: Any
+    ) -> CompletionResponseGen:
+        """Stream a completion: each response has the new ``delta`` and the running ``text``."""
+        prompt, settings = self._completion_call(prompt, formatted, kwargs)
+        return self._stream(prompt, settings)
+
+    @llm_completion_callback()
+    async def acomplete(
+        self, prompt: str, formatted: bool = False, **kwargs: Any
+    ) -> CompletionResponse:
+        """Async :meth:`complete`; the engine runs in a worker thread."""
+        prompt, settings = self._completion_call(prompt, formatted, kwargs)
+        return await asyncio.to_thread(self._generate, prompt, settings)
+
+    @llm_completion_callback()
+    async def astream_complete(
+        self, prompt: str, formatted: bool = False, **kwargs: Any
+    ) -> CompletionResponseAsyncGen:
+        """Async :meth:`stream_complete`; decoding runs in a worker thread."""
+        prompt, settings = self._completion_call(prompt, formatted, kwargs)
+        return await iterate_in_thread(lambda: self._stream(prompt, settings))
+
+    # ----------------------------------------------------------------- chat
+
+    @llm_chat_callback()
+    def chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
+        """Reply to a conversation, passed to the engine as is (not via messages_to_prompt)."""
+        conversation = to_conversation(messages)
+        return _chat_response(self._generate(conversation, self._call_settings(kwargs)))
+
+    @llm_chat_callback()
+    def stream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseGen:
+        """Stream a reply: each response has the new ``delta`` and the running message."""
+        return self._stream_chat(messages, kwargs)
+
+    @llm_chat_callback()
+    async def achat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
+        """Async :meth:`chat`; the engine runs in a worker thread."""
+        conversation = to_conversation(messages)
+        settings = self._call_settings(kwargs)
+        return _chat_response(await asyncio.to_thread(self._generate, conversation, settings))
+
+    @llm_chat_callback()
+    async def astream_chat(
+        self, messages: Sequence[ChatMessage], **kwargs: Any
+    ) -> ChatResponseAsyncGen:
+        """Async :meth:`stream_chat`; decoding runs in a worker thread."""
+        return await iterate_in_thread(lambda: self._stream_chat(messages, kwargs))
