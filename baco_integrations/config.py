@@ -10,7 +10,14 @@ import math
 from collections.abc import Callable
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 Source = Literal["base", "aligned"]
 Gate = Literal["base", "aligned"]
@@ -195,6 +202,19 @@ class GenerationSettings(BaseModel):
     def _check_router_gamma(self) -> GenerationSettings:
         self.router_config()  # surfaces an out-of-range gamma at validation time
         return self
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        # validate_assignment stores the value before the model validators run and does not
+        # roll back when they fail: restore the old value so no bad state survives.
+        if name not in type(self).model_fields:
+            super().__setattr__(name, value)
+            return
+        old = self.__dict__.get(name)
+        try:
+            super().__setattr__(name, value)
+        except ValidationError:
+            self.__dict__[name] = old
+            raise
 
     def router_config(self) -> RouterConfig:
         """The effective router configuration, with ``gamma``/``gate`` overrides applied."""

@@ -8,19 +8,15 @@ loop.
 
 from __future__ import annotations
 
-import asyncio
 import os
-import threading
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
-from contextlib import closing, suppress
+from collections.abc import Mapping
 from typing import Any, Literal, Self, TypeVar
 
 from langchain_core.language_models.base import LangSmithParams
 from pydantic import Field, model_validator
 
-from ..config import SETTING_NAMES, GenerationSettings, Source
-from ..engine import BacoEngine, DecodingCancelled
-from ..outputs import BacoChunk, BacoOutput
+from ..config import SETTING_NAMES, GenerationSettings
+from ..engine import BacoEngine
 
 T = TypeVar("T")
 
@@ -227,110 +223,3 @@ def check_streamable(settings: GenerationSettings) -> None:
             f"streaming returns one sample, but n={settings.n}; use invoke/generate/batch "
             "(which return all n samples) or stream with n=1"
         )
-
-
-class SourceTracker:
-    """Per-token sources of one streamed sample, accumulated from its chunks."""
-
-    def __init__(self) -> None:
-        self.sources: list[Source] = []
-
-    def add(self, chunk: BacoChunk) -> list[Source]:
-        """The sources of ``chunk``'s tokens, remembered for :attr:`base_fraction`."""
-        self.sources.extend(chunk.sources)
-        return list(chunk.sources)
-
-    @property
-    def base_fraction(self) -> float:
-        if not self.sources:
-            return 0.0
-        return sum(s == "base" for s in self.sources) / len(self.sources)
-
-
-async def generate_in_thread(
-    engine: BacoEngine, prompts: list[Any], settings: GenerationSettings
-) -> list[list[BacoOutput]]:
-    """``engine.generate`` in a worker thread; cancelling the caller stops the decoding.
-
-    Without the cancel event a cancelled ``ainvoke`` would leave its thread decoding to the
-    end while holding the engine's lock.
-    """
-    cancel = threading.Event()
-    worker = asyncio.ensure_future(
-        asyncio.to_thread(engine.generate, prompts, settings=settings, cancel=cancel)
-    )
-    try:
-        return await asyncio.shield(worker)
-    except asyncio.CancelledError:
-        cancel.set()
-        with suppress(DecodingCancelled):
-            await worker  # the engine stops after its current step and frees its lock
-        raise
-
-
-#: How many items the worker may produce ahead of the consumer. Small, so that an abandoned
-#: stream stops decoding within a few tokens.
-AHEAD = 4
-
-
-def iterate_in_thread(make_iterator: Callable[[], Iterator[T]]) -> AsyncIterator[T]:
-    """Run a blocking iterator in a worker thread and hand its items to the event loop.
-
-    The iterator is created, advanced and closed in the worker, so the engine's lock is taken
-    and released there and the loop never blocks. The worker runs at most :data:`AHEAD` items
-    ahead of the consumer. When the consumer stops early (``break`` then ``aclose()``, or
-    cancellation) the worker stops after the item it is producing and closes the iterator,
-    which stops decoding and frees the engine; closing the returned generator waits for that,
-    so once it is closed the engine is free again.
-    """
-
-    async def generator() -> AsyncIterator[T]:
-        loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
-        stopped = threading.Event()
-        room = threading.Semaphore(AHEAD)
-
-        def hand_over(kind: str, value: Any) -> None:
-            try:
-                loop.call_soon_threadsafe(queue.put_nowait, (kind, value))
-            except RuntimeError:  # the loop is closed: nobody is listening any more
-                stopped.set()
-
-        def wait_for_room() -> bool:
-            """Wait until the consumer has caught up; False when it is gone."""
-            while not room.acquire(timeout=0.1):
-                if stopped.is_set() or loop.is_closed():
-                    return False
-            return not stopped.is_set()
-
-        def produce() -> None:
-            try:
-                with closing(make_iterator()) as items:  # type: ignore[type-var]
-                    for item in items:
-                        if not wait_for_room():
-                            break
-                        hand_over("item", item)
-            except Exception as exc:  # re-raised in the consumer
-                hand_over("error", exc)
-            else:
-                hand_over("done", None)
-
-        worker = asyncio.ensure_future(asyncio.to_thread(produce))
-        try:
-            while True:
-                kind, value = await queue.get()
-                if kind == "item":
-                    room.release()
-                    yield value
-                elif kind == "error":
-                    raise value
-                else:
-                    return
-        finally:
-            stopped.set()
-            room.release()  # wake a worker waiting for room, so that it sees the stop
-            # shield: a second cancellation must not abandon the wait half-way; the worker
-            # finishes on its own either way.
-            await asyncio.shield(worker)
-
-    return generator()

@@ -22,15 +22,13 @@ from langchain_core.messages.ai import UsageMetadata
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from pydantic import ConfigDict
 
+from .._streaming import SourceTracker, generate_in_thread, iterate_in_thread
 from ..config import GenerationSettings
 from ..outputs import BacoOutput
 from ._common import (
     PROVIDER,
     BacoSettingsMixin,
-    SourceTracker,
     check_streamable,
-    generate_in_thread,
-    iterate_in_thread,
 )
 
 _ROLES: dict[str, str] = {
@@ -202,7 +200,7 @@ class ChatBaco(BacoSettingsMixin, BaseChatModel):
         settings = self._settings(stop, kwargs)
         conversation = to_conversation(messages)
         check_streamable(settings)  # raise here, not in the worker thread
-        chunks = iterate_in_thread(lambda: self._chunks(conversation, settings))
+        chunks = await iterate_in_thread(lambda: self._chunks(conversation, settings))
         try:
             async for chunk in chunks:
                 if run_manager:

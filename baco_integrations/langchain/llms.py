@@ -18,14 +18,12 @@ from langchain_core.language_models.base import LangSmithParams
 from langchain_core.outputs import Generation, GenerationChunk, LLMResult
 from pydantic import ConfigDict
 
+from .._streaming import SourceTracker, generate_in_thread, iterate_in_thread
 from ..config import GenerationSettings
 from ..outputs import BacoOutput
 from ._common import (
     BacoSettingsMixin,
-    SourceTracker,
     check_streamable,
-    generate_in_thread,
-    iterate_in_thread,
 )
 
 
@@ -236,7 +234,7 @@ class BacoLLM(BacoSettingsMixin, BaseLLM):
         run_manager: AsyncCallbackManagerForLLMRun | None,
     ) -> AsyncIterator[GenerationChunk]:
         check_streamable(settings)  # raise here, not in the worker thread
-        chunks = iterate_in_thread(lambda: self._chunks(prompt, settings))
+        chunks = await iterate_in_thread(lambda: self._chunks(prompt, settings))
         try:
             async for chunk in chunks:
                 if run_manager:

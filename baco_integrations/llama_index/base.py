@@ -9,7 +9,6 @@ outputs into ``CompletionResponse``/``ChatResponse`` objects.
 
 from __future__ import annotations
 
-import asyncio
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import closing
@@ -34,11 +33,11 @@ from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_ca
 from llama_index.core.llms.custom import CustomLLM
 from pydantic import ConfigDict, Field
 
-from ..config import GenerationSettings, Source
+from .._streaming import SourceTracker, generate_in_thread, iterate_in_thread
+from ..config import GenerationSettings
 from ..engine import BacoEngine
 from ..outputs import BacoChunk, BacoOutput
 from ..prompts import Prompt
-from ._threads import iterate_in_thread
 
 #: LlamaIndex roles the engine understands, and the role each becomes.
 _ROLES: dict[MessageRole, str] = {
@@ -121,26 +120,20 @@ def sample_info(output: BacoOutput) -> dict[str, Any]:
     }
 
 
-class _SourceTracker:
-    """Per-token sources of one streamed sample, rebuilt from its chunks.
-
-    A chunk's tokens come from one model (words are never split between the models). A final
-    chunk without text has no source; its tokens (half a character) continue the last word.
-    """
-
-    def __init__(self) -> None:
-        self.sources: list[Source] = []
-
-    def add(self, chunk: BacoChunk) -> None:
-        source = chunk.source or (self.sources[-1] if self.sources else None)
-        if source is not None:
-            self.sources.extend([source] * len(chunk.token_ids))
-
-    @property
-    def base_fraction(self) -> float:
-        if not self.sources:
-            return 0.0
-        return sum(s == "base" for s in self.sources) / len(self.sources)
+def _completion_response(outputs: Sequence[BacoOutput]) -> CompletionResponse:
+    """One prompt's samples as a response; sample 0 is its text, all n are in ``samples``."""
+    first, usage = outputs[0], token_usage(outputs)
+    return CompletionResponse(
+        text=first.text,
+        additional_kwargs={
+            "sources": list(first.sources),
+            "base_fraction": first.base_fraction,
+            "finish_reason": first.finish_reason,
+            **usage,
+            "samples": [sample_info(o) for o in outputs],
+        },
+        raw={"usage": usage, "outputs": outputs},
+    )
 
 
 def _chat_response(response: CompletionResponse) -> ChatResponse:
@@ -327,19 +320,12 @@ class BacoLLM(GenerationSettings, CustomLLM):
 
     def _generate(self, prompt: Prompt, settings: GenerationSettings) -> CompletionResponse:
         """Decode ``settings.n`` samples of one prompt; sample 0 is the response's text."""
-        outputs = self.engine.generate([prompt], settings=settings)[0]
-        first, usage = outputs[0], token_usage(outputs)
-        return CompletionResponse(
-            text=first.text,
-            additional_kwargs={
-                "sources": list(first.sources),
-                "base_fraction": first.base_fraction,
-                "finish_reason": first.finish_reason,
-                **usage,
-                "samples": [sample_info(o) for o in outputs],
-            },
-            raw={"usage": usage, "outputs": outputs},
-        )
+        return _completion_response(self.engine.generate([prompt], settings=settings)[0])
+
+    async def _agenerate(self, prompt: Prompt, settings: GenerationSettings) -> CompletionResponse:
+        """:meth:`_generate` in a worker thread; cancelling the caller stops the decoding."""
+        outputs = await generate_in_thread(self.engine, [prompt], settings)
+        return _completion_response(outputs[0])
 
     def _stream(self, prompt: Prompt, settings: GenerationSettings) -> CompletionResponseGen:
         """Validate now, then stream one sample as running-text responses.
@@ -357,7 +343,7 @@ class BacoLLM(GenerationSettings, CustomLLM):
     def _responses(
         self, prompt: Prompt, settings: GenerationSettings, chunks: Iterator[BacoChunk]
     ) -> CompletionResponseGen:
-        tracker = _SourceTracker()
+        tracker = SourceTracker()
         text = ""
         # Closing the engine's iterator (also when our consumer stops early) stops decoding
         # and releases the engine's lock.
@@ -372,12 +358,7 @@ class BacoLLM(GenerationSettings, CustomLLM):
                 }
                 raw: dict[str, Any] = {"chunk": chunk}
                 if chunk.finish_reason is not None:
-                    # Streams do not report the prompt's length: count the aligned rendering,
-                    # as BacoOutput.prompt_tokens does.
-                    encoded = self.engine.encode_prompts(
-                        prompt, settings.system_prompt, settings.base_template
-                    )
-                    prompt_tokens, completion_tokens = len(encoded["aligned"]), len(tracker.sources)
+                    prompt_tokens, completion_tokens = chunk.prompt_tokens, len(tracker.sources)
                     usage = {
                         "prompt_tokens": prompt_tokens,
                         "completion_tokens": completion_tokens,
@@ -423,7 +404,7 @@ class BacoLLM(GenerationSettings, CustomLLM):
     ) -> CompletionResponse:
         """Async :meth:`complete`; the engine runs in a worker thread."""
         prompt, settings = self._completion_call(prompt, formatted, kwargs)
-        return await asyncio.to_thread(self._generate, prompt, settings)
+        return await self._agenerate(prompt, settings)
 
     @llm_completion_callback()
     async def astream_complete(
@@ -451,7 +432,7 @@ class BacoLLM(GenerationSettings, CustomLLM):
         """Async :meth:`chat`; the engine runs in a worker thread."""
         conversation = to_conversation(messages)
         settings = self._call_settings(kwargs)
-        return _chat_response(await asyncio.to_thread(self._generate, conversation, settings))
+        return _chat_response(await self._agenerate(conversation, settings))
 
     @llm_chat_callback()
     async def astream_chat(

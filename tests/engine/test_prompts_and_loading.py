@@ -158,3 +158,11 @@ def test_router_names_are_case_insensitive_and_router_config_accepted(engine: Ba
     assert a[0][0].token_ids == b[0][0].token_ids
     settings = GenerationSettings(router=RouterConfig(strategy="P", gamma=0.2), gamma=0.9)
     assert settings.router_config().gamma == 0.9  # a call-level gamma overrides the config's
+
+
+def test_rejected_assignment_leaves_settings_unchanged() -> None:
+    settings = GenerationSettings(router="P", gamma=0.4)
+    with pytest.raises(ValueError, match="gamma"):
+        settings.gamma = 5.0
+    assert settings.gamma == 0.4
+    assert settings.router_config().gamma == 0.4

@@ -11,8 +11,8 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from baco_integrations import BacoChunk, BacoEngine
+from baco_integrations._streaming import AHEAD, SourceTracker, iterate_in_thread
 from baco_integrations.langchain import BacoLLM, ChatBaco
-from baco_integrations.langchain._common import AHEAD, SourceTracker, iterate_in_thread
 
 LONG = {"router": "base", "max_new_tokens": 200, "seed": 0}  # the base model rarely stops early
 
@@ -195,7 +195,7 @@ async def test_iterate_in_thread_closes_the_iterator_in_its_thread() -> None:
         finally:
             events.append("closed")
 
-    stream = iterate_in_thread(numbers)
+    stream = await iterate_in_thread(numbers)
     got = []
     async for item in stream:
         got.append(item)
@@ -214,6 +214,6 @@ async def test_iterate_in_thread_passes_errors_and_items() -> None:
 
     got = []
     with pytest.raises(RuntimeError, match="boom"):
-        async for chunk in iterate_in_thread(failing):
+        async for chunk in await iterate_in_thread(failing):
             got.append(chunk.text)
     assert got == ["a"]

@@ -12,9 +12,9 @@ import pytest
 from llama_index.core import Settings
 
 from baco_integrations import BacoEngine, GenerationSettings
+from baco_integrations._streaming import THREAD_NAME
 from baco_integrations.llama_index import BacoLLM
-from baco_integrations.llama_index._threads import THREAD_NAME
-from baco_integrations.testing import make_tiny_pair
+from baco_integrations.testing import TinyPair, make_tiny_pair
 
 try:
     import pytest_socket
@@ -23,7 +23,7 @@ except ImportError:  # the guard is optional; the Settings checks below still ap
 
 
 @pytest.fixture(scope="session")
-def engine(tiny_pair) -> BacoEngine:
+def engine(tiny_pair: TinyPair) -> BacoEngine:
     return BacoEngine.from_pretrained(tiny_pair.base_dir, tiny_pair.aligned_dir)
 
 

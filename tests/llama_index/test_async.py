@@ -11,8 +11,8 @@ import pytest
 from llama_index.core.llms import ChatMessage, MessageRole
 
 from baco_integrations import BacoEngine
+from baco_integrations._streaming import THREAD_NAME
 from baco_integrations.llama_index import BacoLLM
-from baco_integrations.llama_index._threads import THREAD_NAME
 
 MESSAGES = [ChatMessage(role="user", content="Brainstorm names for a boat.")]
 
@@ -144,3 +144,15 @@ async def test_cancelling_a_consumer_stops_the_engine(
     await wait_until(lambda: engine_calls.closed_streams == 1 and not stream_threads())
     assert not engine._lock.locked()
     assert engine.last_stats.steps < llm.max_new_tokens
+
+
+async def test_cancelled_acomplete_stops_decoding_and_frees_the_engine(engine: BacoEngine) -> None:
+    llm = BacoLLM(engine=engine, max_new_tokens=400, router="P", seed=0)
+    task = asyncio.create_task(llm.acomplete("Ideas for a coffee shop"))
+    await asyncio.sleep(0.5)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert engine.last_stats.steps < 400
+    assert engine._lock.acquire(timeout=5)
+    engine._lock.release()

@@ -17,6 +17,7 @@ from pydantic import ValidationError
 
 from baco_integrations import BacoEngine, GenerationSettings, RouterConfig, RouterInputs
 from baco_integrations.llama_index import BacoLLM, to_conversation
+from baco_integrations.testing import TinyPair
 
 USAGE_KEYS = ("prompt_tokens", "completion_tokens", "total_tokens")
 
@@ -73,7 +74,7 @@ def test_assignment_is_validated(llm: BacoLLM) -> None:
         llm.temperature = -1.0
 
 
-def test_from_model_ids_checks_fields_before_loading(tiny_pair) -> None:
+def test_from_model_ids_checks_fields_before_loading(tiny_pair: TinyPair) -> None:
     with pytest.raises(ValueError, match="colour"):
         BacoLLM.from_model_ids("/nonexistent/base", "/nonexistent/aligned", colour="red")
     with pytest.raises(ValidationError, match="gamma"):
