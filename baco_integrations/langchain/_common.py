@@ -8,15 +8,13 @@ loop.
 
 from __future__ import annotations
 
-import os
-from collections.abc import Mapping
 from typing import Any, Literal, Self, TypeVar
 
 from langchain_core.language_models.base import LangSmithParams
 from pydantic import Field, model_validator
 
+from .._adapter import EngineSettings
 from ..config import SETTING_NAMES, GenerationSettings
-from ..engine import BacoEngine
 
 T = TypeVar("T")
 
@@ -56,7 +54,7 @@ def describe_setting(value: Any) -> Any:
     return repr(value)
 
 
-class BacoSettingsMixin(GenerationSettings):
+class BacoSettingsMixin(EngineSettings):
     """Every router and sampling setting as a field, plus the engine they run on.
 
     The fields are inherited from :class:`GenerationSettings`, validators included, so each
@@ -64,9 +62,6 @@ class BacoSettingsMixin(GenerationSettings):
     class so that its methods take precedence in the MRO.
     """
 
-    engine: BacoEngine = Field(
-        exclude=True, repr=False, description="The loaded base/aligned pair that decodes."
-    )
     streaming: bool = Field(
         default=False,
         description="Stream single-sample invoke calls through the callbacks' on_llm_new_token.",
@@ -77,61 +72,11 @@ class BacoSettingsMixin(GenerationSettings):
     def _baco_max_tokens_alias(cls, data: Any) -> Any:
         return fold_max_tokens(data) if isinstance(data, dict) else data
 
-    # ----------------------------------------------------------------- construction
-
     @classmethod
-    def from_model_ids(
-        cls,
-        base: str | os.PathLike[str],
-        aligned: str | os.PathLike[str],
-        *,
-        device: str | None = "cpu",
-        dtype: str = "auto",
-        device_map: str | dict[str, Any] | None = None,
-        base_gguf_file: str | None = None,
-        aligned_gguf_file: str | None = None,
-        trust_remote_code: bool = False,
-        revision: str | None = None,
-        model_kwargs: Mapping[str, Any] | None = None,
-        **fields: Any,
-    ) -> Self:
-        """Load a (base, aligned) pair with :meth:`BacoEngine.from_pretrained` and wrap it.
-
-        ``fields`` are settings (``router=``, ``gamma=``, ...) and LangChain options
-        (``callbacks=``, ``cache=``, ...). They are checked before the models load, so a typo
-        fails fast. ``model_kwargs`` go to ``AutoModelForCausalLM.from_pretrained``.
-        """
-        if "engine" in fields:
-            raise ValueError("from_model_ids loads its own engine; pass engine= to the class")
-        fields = fold_max_tokens(fields)
-        unknown = sorted(set(fields) - set(cls.model_fields))
-        if unknown:
-            raise ValueError(
-                f"unknown field(s) {', '.join(unknown)} for {cls.__name__}; settings are: "
-                f"{', '.join(SETTING_NAMES)}"
-            )
-        GenerationSettings.model_validate({k: v for k, v in fields.items() if k in SETTING_NAMES})
-        engine = BacoEngine.from_pretrained(
-            base,
-            aligned,
-            device=device,
-            dtype=dtype,
-            device_map=device_map,
-            base_gguf_file=base_gguf_file,
-            aligned_gguf_file=aligned_gguf_file,
-            trust_remote_code=trust_remote_code,
-            revision=revision,
-            **dict(model_kwargs or {}),
-        )
-        return cls(engine=engine, **fields)
+    def _normalize_fields(cls, fields: dict[str, Any]) -> dict[str, Any]:
+        return fold_max_tokens(fields)
 
     # ----------------------------------------------------------------- settings
-
-    @property
-    def generation_settings(self) -> GenerationSettings:
-        """This instance's settings as a plain, validated :class:`GenerationSettings`."""
-        # Attribute values, not model_dump(): a RouterConfig or callable router stays as is.
-        return GenerationSettings.model_validate({n: getattr(self, n) for n in SETTING_NAMES})
 
     def _call_settings(self, stop: list[str] | None, kwargs: dict[str, Any]) -> GenerationSettings:
         """The settings of one call: the fields, then ``kwargs`` and ``stop`` on top.

@@ -9,10 +9,9 @@ outputs into ``CompletionResponse``/``ChatResponse`` objects.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import closing
-from typing import Any, Self
+from typing import Any
 
 from llama_index.core.base.llms.types import (
     CachePoint,
@@ -31,11 +30,11 @@ from llama_index.core.base.llms.types import (
 from llama_index.core.constants import DEFAULT_CONTEXT_WINDOW
 from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_callback
 from llama_index.core.llms.custom import CustomLLM
-from pydantic import ConfigDict, Field
+from pydantic import ConfigDict
 
+from .._adapter import EngineSettings
 from .._streaming import SourceTracker, generate_in_thread, iterate_in_thread
 from ..config import GenerationSettings
-from ..engine import BacoEngine
 from ..outputs import BacoChunk, BacoOutput
 from ..prompts import Prompt
 
@@ -146,7 +145,7 @@ def _chat_response(response: CompletionResponse) -> ChatResponse:
     )
 
 
-class BacoLLM(GenerationSettings, CustomLLM):
+class BacoLLM(EngineSettings, CustomLLM):
     """A base model and its aligned counterpart writing one response together (BACO).
 
     Every router and sampling setting of :class:`~baco_integrations.GenerationSettings` is a
@@ -176,58 +175,6 @@ class BacoLLM(GenerationSettings, CustomLLM):
         validate_assignment=True,  # ``llm.gamma = 7`` fails like ``BacoLLM(gamma=7)``
         protected_namespaces=(),
     )
-
-    engine: BacoEngine = Field(
-        exclude=True, repr=False, description="The loaded base/aligned pair that decodes."
-    )
-
-    # ----------------------------------------------------------------- construction
-
-    @classmethod
-    def from_model_ids(
-        cls,
-        base: str | os.PathLike[str],
-        aligned: str | os.PathLike[str],
-        *,
-        device: str | None = "cpu",
-        dtype: str = "auto",
-        device_map: str | dict[str, Any] | None = None,
-        base_gguf_file: str | None = None,
-        aligned_gguf_file: str | None = None,
-        trust_remote_code: bool = False,
-        revision: str | None = None,
-        model_kwargs: Mapping[str, Any] | None = None,
-        **fields: Any,
-    ) -> Self:
-        """Load a (base, aligned) pair with :meth:`BacoEngine.from_pretrained` and wrap it.
-
-        ``fields`` are settings (``router=``, ``gamma=``, ...) and LlamaIndex options
-        (``callback_manager=``, ``system_prompt=``, ...); they are checked before the models
-        load, so a typo fails fast. ``model_kwargs`` go to ``AutoModelForCausalLM``.
-        """
-        if "engine" in fields:
-            raise ValueError("from_model_ids loads its own engine; pass engine= to the class")
-        unknown = sorted(set(fields) - set(cls.model_fields))
-        if unknown:
-            raise ValueError(
-                f"unknown field(s) {', '.join(unknown)} for {cls.__name__}; settings are: "
-                f"{', '.join(GenerationSettings.model_fields)}"
-            )
-        settings = {k: v for k, v in fields.items() if k in GenerationSettings.model_fields}
-        GenerationSettings.model_validate(settings)
-        engine = BacoEngine.from_pretrained(
-            base,
-            aligned,
-            device=device,
-            dtype=dtype,
-            device_map=device_map,
-            base_gguf_file=base_gguf_file,
-            aligned_gguf_file=aligned_gguf_file,
-            trust_remote_code=trust_remote_code,
-            revision=revision,
-            **dict(model_kwargs or {}),
-        )
-        return cls(engine=engine, **fields)
 
     @classmethod
     def class_name(cls) -> str:
@@ -273,14 +220,6 @@ class BacoLLM(GenerationSettings, CustomLLM):
         }
 
     # ----------------------------------------------------------------- settings
-
-    @property
-    def generation_settings(self) -> GenerationSettings:
-        """This instance's settings as a plain, validated :class:`GenerationSettings`."""
-        # Attribute values, not model_dump(): a RouterConfig or callable router stays as is.
-        return GenerationSettings.model_validate(
-            {name: getattr(self, name) for name in GenerationSettings.model_fields}
-        )
 
     def _call_settings(
         self, kwargs: Mapping[str, Any], *, formatted: bool = False

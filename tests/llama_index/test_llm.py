@@ -99,6 +99,7 @@ def test_metadata_reports_the_pair(llm: BacoLLM, engine: BacoEngine) -> None:
     assert payload["router"] == "P-PUNC" and payload["seed"] == 0
     assert payload["base_model"] == names["base"] and "engine" not in payload
     assert "engine" not in llm.to_dict()
+    assert llm.class_name() == "BacoLLM" == llm.to_dict()["class_name"]
 
 
 def test_without_chat_template_it_is_not_a_chat_model(
