@@ -10,6 +10,7 @@ This module knows nothing of LangChain or LlamaIndex.
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -292,7 +293,19 @@ class _Job:
     sampler: Sampler
     max_steps: int
     samples: list[_Sample]
+    vocab_size: int
+    device: torch.device
     stats: DecodeStats = field(default_factory=DecodeStats)
+
+    @functools.cached_property
+    def router_needs(self) -> frozenset[Source]:
+        """The distributions the router reads, looked up once per call."""
+        return router_needs(self.router)
+
+    @functools.cached_property
+    def absent(self) -> torch.Tensor:
+        """Stands in for a model's scores where no row reads them (lazy mode)."""
+        return torch.zeros((len(self.samples), self.vocab_size), device=self.device)
 
     def outputs(self) -> list[list[BacoOutput]]:
         n = self.settings.n
@@ -507,6 +520,8 @@ class BacoEngine:
             ),
             max_steps=max_steps,
             samples=samples,
+            vocab_size=self.vocab_size,
+            device=self.device,
         )
 
     def _generator(self, seed: int | None) -> torch.Generator:
@@ -540,7 +555,7 @@ class BacoEngine:
 
         def scores(source: Source, needed: bool) -> torch.Tensor:
             if not needed and not states[source].ready:
-                return self._zeros(len(prev_host))
+                return job.absent
             if source not in truncated:
                 tempered[source] = sampler.temper(states[source].logits())
                 truncated[source] = sampler.truncate(tempered[source])
@@ -563,8 +578,7 @@ class BacoEngine:
         if not bool(boundary.any()):
             return stay, prev_base
 
-        needs = router_needs(job.router)
-        for source in needs:
+        for source in job.router_needs:
             scores(source, True)
         inputs = RouterInputs(
             base_probs=torch.softmax(tempered["base"], dim=-1) if "base" in tempered else None,
@@ -596,9 +610,6 @@ class BacoEngine:
         switch &= torch.isfinite(fresh_scores).any(dim=-1)
         fresh = sampler.draw(fresh_scores, generator)
         return torch.where(switch, fresh, stay), torch.where(switch, want_base, prev_base)
-
-    def _zeros(self, rows: int) -> torch.Tensor:
-        return torch.zeros((rows, self.vocab_size), device=self.device)
 
     def _decode(self, job: _Job) -> Iterator[list[int]]:
         """Run the decoding loop; after each step yield the indices of samples that changed."""
