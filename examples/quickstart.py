@@ -24,14 +24,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("prompt", nargs="?", default="Brainstorm names for a coffee shop.")
     args = parser.parse_args(argv)
+    if not (args.tiny or (args.base and args.aligned)):
+        parser.error("give --base and --aligned, or --tiny")
     if args.tiny:
         from baco_integrations.testing import make_tiny_pair
 
-        pair = make_tiny_pair(tempfile.mkdtemp(prefix="baco-tiny-"))
-        args.base, args.aligned = pair.base_dir, pair.aligned_dir
-    if not (args.base and args.aligned):
-        parser.error("give --base and --aligned, or --tiny")
-    engine = BacoEngine.from_pretrained(args.base, args.aligned, device=args.device)
+        with tempfile.TemporaryDirectory(prefix="baco-tiny-") as directory:
+            pair = make_tiny_pair(directory)  # loaded into memory before the folder goes
+            engine = BacoEngine.from_pretrained(pair.base_dir, pair.aligned_dir)
+    else:
+        engine = BacoEngine.from_pretrained(args.base, args.aligned, device=args.device)
     outputs = engine.generate(
         args.prompt,
         router=args.router,
