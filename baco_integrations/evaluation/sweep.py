@@ -312,6 +312,24 @@ class MethodConfig(BaseModel):
         return [OperatingPoint(self.name, "default", None, None, base)]
 
 
+def _check_metric_names(
+    names: list[str], known: Mapping[str, Any], kind: str, prefix: str = ""
+) -> list[str]:
+    """A non-empty list of known, distinct ``kind`` metric names, or a ValueError.
+
+    ``prefix`` names the setting where pydantic does not (in model validators).
+    """
+    if not names:
+        raise ValueError(f"{prefix}choose at least one {kind} metric")
+    unknown = [m for m in names if m not in known]
+    if unknown:
+        noun = "metric(s)" if prefix else f"{kind} metric(s)"
+        raise ValueError(f"{prefix}unknown {noun} {unknown}; known: {', '.join(known)}")
+    if len(set(names)) != len(names):
+        raise ValueError(f"{prefix}metrics are listed twice: {names}")
+    return names
+
+
 class MetricsConfig(BaseModel):
     """Which metrics to compute and with which models."""
 
@@ -337,16 +355,7 @@ class MetricsConfig(BaseModel):
     @field_validator("diversity")
     @classmethod
     def _check_diversity(cls, value: list[str]) -> list[str]:
-        if not value:
-            raise ValueError("choose at least one diversity metric")
-        unknown = [m for m in value if m not in DIVERSITY_METRICS]
-        if unknown:
-            raise ValueError(
-                f"unknown diversity metric(s) {unknown}; known: {', '.join(DIVERSITY_METRICS)}"
-            )
-        if len(set(value)) != len(value):
-            raise ValueError(f"metrics are listed twice: {value}")
-        return value
+        return _check_metric_names(value, DIVERSITY_METRICS, "diversity")
 
     @model_validator(mode="before")
     @classmethod
@@ -359,15 +368,7 @@ class MetricsConfig(BaseModel):
     @model_validator(mode="after")
     def _check_quality(self) -> MetricsConfig:
         quality = self.quality_metrics
-        if not quality:
-            raise ValueError("quality: choose at least one quality metric")
-        unknown = [m for m in quality if m not in QUALITY_METRICS]
-        if unknown:
-            raise ValueError(
-                f"quality: unknown metric(s) {unknown}; known: {', '.join(QUALITY_METRICS)}"
-            )
-        if len(set(quality)) != len(quality):
-            raise ValueError(f"quality: metrics are listed twice: {quality}")
+        _check_metric_names(quality, QUALITY_METRICS, "quality", prefix="quality: ")
         if "reward" in quality and not self.reward_model:
             raise ValueError("quality: 'reward' needs reward_model (a model id or path)")
         for plane in self.plot_planes or []:
