@@ -223,11 +223,10 @@ class _Sample:
             self.ends[-1] = len(self.text)
         self.finish_reason = reason
 
-    def check_stop(self, stops: Sequence[str], delta: str) -> bool:
+    def check_stop(self, stops: Sequence[str], longest: int, delta: str) -> bool:
         """Cut the text before the first stop string that ``delta`` completed."""
         if not delta:
             return False
-        longest = max(len(s) for s in stops)
         start = max(0, len(self.text) - len(delta) - longest + 1)
         hits = [i for s in stops if (i := self.text.find(s, start)) >= 0]
         if not hits:
@@ -615,6 +614,7 @@ class BacoEngine:
         """Run the decoding loop; after each step yield the indices of samples that changed."""
         settings = job.settings
         stops = settings.stop
+        longest_stop = max(map(len, stops)) if stops else 0
         samples = job.samples
         states: dict[Source, _ModelState] = {
             "base": _ModelState(self.base_model, self.vocab_size, self.device),
@@ -653,7 +653,7 @@ class BacoEngine:
                         sample.finish("stop")
                         continue
                     delta = sample.append(token, "base" if is_base else "aligned")
-                    if stops and sample.check_stop(stops, delta):
+                    if stops and sample.check_stop(stops, longest_stop, delta):
                         continue
                     if last_step:
                         sample.finish("length")
