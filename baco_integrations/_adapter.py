@@ -13,7 +13,7 @@ from typing import Any, Self
 from pydantic import Field
 
 from .config import SETTING_NAMES, GenerationSettings
-from .engine import BacoEngine
+from .engine import BacoEngine, CacheImplementation
 
 
 class EngineSettings(GenerationSettings):
@@ -42,6 +42,7 @@ class EngineSettings(GenerationSettings):
         aligned_gguf_file: str | None = None,
         trust_remote_code: bool = False,
         revision: str | None = None,
+        cache_implementation: CacheImplementation = "dynamic",
         model_kwargs: Mapping[str, Any] | None = None,
         **fields: Any,
     ) -> Self:
@@ -71,6 +72,7 @@ class EngineSettings(GenerationSettings):
             aligned_gguf_file=aligned_gguf_file,
             trust_remote_code=trust_remote_code,
             revision=revision,
+            cache_implementation=cache_implementation,
             **dict(model_kwargs or {}),
         )
         return cls(engine=engine, **fields)

@@ -16,15 +16,17 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import torch
 from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
+    Cache,
     DynamicCache,
     PreTrainedModel,
     PreTrainedTokenizerBase,
+    StaticCache,
 )
 
 from .config import GenerationSettings, Source
@@ -37,6 +39,12 @@ from .vocab import VocabMasks, build_vocab_masks
 
 #: Special tokens that end an assistant turn in common chat templates.
 END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>", "<|endoftext|>")
+
+#: KV cache kinds: ``"dynamic"`` grows with the text (transformers' ``DynamicCache``);
+#: ``"static"`` is preallocated for the prompt plus ``max_new_tokens`` (``StaticCache``), so a
+#: step writes in place instead of concatenating.
+CacheImplementation = Literal["dynamic", "static"]
+CACHE_IMPLEMENTATIONS: tuple[str, ...] = get_args(CacheImplementation)
 
 
 def _eos_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, chat: bool) -> set[int]:
@@ -84,6 +92,16 @@ def resolve_dtype(dtype: str | torch.dtype, device: str | torch.device | None) -
     return resolved
 
 
+def _repeat_static_cache(cache: StaticCache, repeats: int) -> None:
+    """``batch_repeat_interleave`` for a filled ``StaticCache`` (transformers only has it for
+    dynamic layers), so that n samples share one prefill here too."""
+    layer: Any  # StaticLayer or StaticSlidingWindowLayer
+    for layer in cache.layers:
+        layer.keys = layer.keys.repeat_interleave(repeats, dim=0)
+        layer.values = layer.values.repeat_interleave(repeats, dim=0)
+        layer.batch_size = layer.keys.shape[0]
+
+
 def _split_gguf(path: str | os.PathLike[str], gguf_file: str | None) -> tuple[str, str | None]:
     """Let a user pass a ``.gguf`` file path directly instead of (directory, file name)."""
     text = os.fspath(path)
@@ -101,12 +119,19 @@ class _ModelState:
     forward.
     """
 
-    def __init__(self, model: PreTrainedModel, vocab_size: int, decode_device: torch.device):
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        vocab_size: int,
+        decode_device: torch.device,
+        cache_implementation: CacheImplementation = "dynamic",
+    ):
         self.model = model
         self.vocab_size = vocab_size
         self.decode_device = decode_device
         self.device = _input_device(model)
-        self.cache: DynamicCache | None = None
+        self.cache_implementation = cache_implementation
+        self.cache: Cache | None = None
         self.mask = torch.empty(0)
         self.length = 0
         self.positions = torch.empty(0)
@@ -128,7 +153,10 @@ class _ModelState:
             mask[row, width - len(prompt) :] = 1
         ids, mask = ids.to(self.device), mask.to(self.device)
         positions = (mask.cumsum(-1) - 1).clamp_min(0)
-        self.cache = DynamicCache(config=self.model.config)
+        if self.cache_implementation == "static":
+            self.cache = StaticCache(config=self.model.config, max_cache_len=width + max_new_tokens)
+        else:
+            self.cache = DynamicCache(config=self.model.config)
         out = self.model(
             input_ids=ids,
             attention_mask=mask,
@@ -140,7 +168,10 @@ class _ModelState:
         self.forward_passes += 1
         self.forward_tokens += int(mask.sum())
         if n > 1:
-            self.cache.batch_repeat_interleave(n)
+            if isinstance(self.cache, StaticCache):
+                _repeat_static_cache(self.cache, n)
+            else:
+                self.cache.batch_repeat_interleave(n)
         # Preallocated so that each step slices instead of concatenating (no quadratic copies).
         self.mask = torch.zeros(
             (len(prompts) * n, width + max_new_tokens), dtype=torch.long, device=self.device
@@ -327,7 +358,15 @@ class BacoEngine:
         aligned_model: PreTrainedModel,
         base_tokenizer: PreTrainedTokenizerBase,
         aligned_tokenizer: PreTrainedTokenizerBase | None = None,
+        *,
+        cache_implementation: CacheImplementation = "dynamic",
     ) -> None:
+        if cache_implementation not in CACHE_IMPLEMENTATIONS:
+            raise ValueError(
+                f"cache_implementation={cache_implementation!r} is not supported; allowed "
+                f"values: {', '.join(map(repr, CACHE_IMPLEMENTATIONS))}"
+            )
+        self.cache_implementation: CacheImplementation = cache_implementation
         aligned_tokenizer = aligned_tokenizer or base_tokenizer
         if base_tokenizer.get_vocab() != aligned_tokenizer.get_vocab():
             raise ValueError(
@@ -370,12 +409,15 @@ class BacoEngine:
         aligned_gguf_file: str | None = None,
         trust_remote_code: bool = False,
         revision: str | None = None,
+        cache_implementation: CacheImplementation = "dynamic",
         **model_kwargs: Any,
     ) -> BacoEngine:
         """Load a (base, aligned) pair from hub ids, local directories or GGUF files.
 
         ``device_map`` (e.g. ``"auto"``) shards with accelerate instead of moving to
         ``device``. ``dtype="auto"`` is bfloat16 on CUDA, float32 otherwise.
+        ``cache_implementation="static"`` preallocates each model's KV cache for the prompt
+        plus ``max_new_tokens``.
         """
         torch_dtype = resolve_dtype(dtype, device if device_map is None else "cuda")
         loaded: list[tuple[PreTrainedModel, PreTrainedTokenizerBase]] = []
@@ -392,7 +434,13 @@ class BacoEngine:
                 model = model.to(device)
             loaded.append((model, tokenizer))
         (base_model, base_tokenizer), (aligned_model, aligned_tokenizer) = loaded
-        return cls(base_model, aligned_model, base_tokenizer, aligned_tokenizer)
+        return cls(
+            base_model,
+            aligned_model,
+            base_tokenizer,
+            aligned_tokenizer,
+            cache_implementation=cache_implementation,
+        )
 
     # ----------------------------------------------------------------- prompts
 
@@ -617,8 +665,12 @@ class BacoEngine:
         longest_stop = max(map(len, stops)) if stops else 0
         samples = job.samples
         states: dict[Source, _ModelState] = {
-            "base": _ModelState(self.base_model, self.vocab_size, self.device),
-            "aligned": _ModelState(self.aligned_model, self.vocab_size, self.device),
+            "base": _ModelState(
+                self.base_model, self.vocab_size, self.device, self.cache_implementation
+            ),
+            "aligned": _ModelState(
+                self.aligned_model, self.vocab_size, self.device, self.cache_implementation
+            ),
         }
         generator = self._generator(settings.seed)
         try:

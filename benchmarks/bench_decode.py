@@ -31,6 +31,7 @@ from pathlib import Path
 import torch
 
 from baco_integrations import BacoEngine
+from baco_integrations.engine import CACHE_IMPLEMENTATIONS
 
 PROMPT = "Brainstorm names for a coffee shop."
 ROUTERS = ("aligned", "random", "P", "PUNC", "P-PUNC")
@@ -193,6 +194,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     parser.add_argument(
+        "--cache-implementation", choices=CACHE_IMPLEMENTATIONS, default="dynamic",
+        help="BACO's KV cache: grown (dynamic) or preallocated (static)",
+    )
+    parser.add_argument(
         "--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)"
     )
     args = parser.parse_args(argv)
@@ -209,7 +214,8 @@ def main(argv: list[str] | None = None) -> None:
         )
         args.base, args.aligned = str(pair.base_dir), str(pair.aligned_dir)
     engine = BacoEngine.from_pretrained(
-        args.base, args.aligned, device=args.device, dtype=args.dtype
+        args.base, args.aligned, device=args.device, dtype=args.dtype,
+        cache_implementation=args.cache_implementation,
     )
     params = sum(p.numel() for p in engine.aligned_model.parameters())
     rows = bench(engine, args.batch_sizes, args.lengths, args.repeats)
@@ -219,14 +225,16 @@ def main(argv: list[str] | None = None) -> None:
         "dtype": str(engine.aligned_model.dtype),
         "parameters_per_model": params,
         "torch_threads": torch.get_num_threads(),
+        "cache_implementation": args.cache_implementation,
         "base": args.base,
         "aligned": args.aligned,
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "decode.md").write_text(
+    stem = "decode" if args.cache_implementation == "dynamic" else "decode-static"
+    (args.out / f"{stem}.md").write_text(
         f"{json.dumps(meta)}\n\n{table}", encoding="utf-8"
     )
-    (args.out / "decode.json").write_text(
+    (args.out / f"{stem}.json").write_text(
         json.dumps({"meta": meta, "rows": [asdict(r) for r in rows]}, indent=2), encoding="utf-8"
     )
     print(json.dumps(meta))

@@ -63,3 +63,48 @@ def test_catch_up_runs_pending_tokens_in_one_forward(engine: BacoEngine) -> None
     assert stats.aligned_forward_tokens <= len(prompt["aligned"]) + stats.steps - 1
     # and catching up batched several tokens at least once
     assert stats.base_forward_passes + stats.aligned_forward_passes < 2 * stats.steps
+
+
+@pytest.fixture(scope="module")
+def static_engine(tiny_pair) -> BacoEngine:
+    return BacoEngine.from_pretrained(
+        tiny_pair.base_dir, tiny_pair.aligned_dir, cache_implementation="static"
+    )
+
+
+@pytest.mark.parametrize("router", ["random", "P-PUNC", "nudging", "aligned"])
+@pytest.mark.parametrize("lazy", [True, False])
+def test_static_cache_equals_dynamic_cache(
+    engine: BacoEngine, static_engine: BacoEngine, router: str, lazy: bool
+) -> None:
+    kwargs = {"router": router, "gamma": 0.5, "n": 3, "max_new_tokens": 20, "seed": 5}
+    dynamic = engine.generate(PROMPTS, lazy=lazy, **kwargs)
+    dynamic_stats = engine.last_stats
+    static = static_engine.generate(PROMPTS, lazy=lazy, **kwargs)
+    assert [[o.token_ids for o in r] for r in static] == [[o.token_ids for o in r] for r in dynamic]
+    assert [[o.sources for o in r] for r in static] == [[o.sources for o in r] for r in dynamic]
+    assert static_engine.last_stats == dynamic_stats  # one shared prefill, same catch-ups
+
+
+def test_static_cache_is_preallocated(static_engine: BacoEngine, monkeypatch) -> None:
+    """The static cache is sized once (prompt + max_new_tokens) and written in place."""
+    from transformers import StaticCache
+
+    sizes: list[int] = []
+    original = StaticCache.__init__
+
+    def spy(self, *args, **kwargs):
+        sizes.append(kwargs["max_cache_len"])
+        original(self, *args, **kwargs)
+
+    monkeypatch.setattr(StaticCache, "__init__", spy)
+    static_engine.generate(PROMPTS[0], router="random", max_new_tokens=12, seed=0)
+    prompt = static_engine.encode_prompts(PROMPTS[0])
+    assert sizes == [len(prompt["base"]) + 12, len(prompt["aligned"]) + 12]
+
+
+def test_unknown_cache_implementation_is_refused(tiny_pair) -> None:
+    with pytest.raises(ValueError, match=r"cache_implementation='paged'.*'dynamic', 'static'"):
+        BacoEngine.from_pretrained(
+            tiny_pair.base_dir, tiny_pair.aligned_dir, cache_implementation="paged"
+        )
