@@ -27,6 +27,13 @@ class IncrementalDetokenizer:
             ids, skip_special_tokens=True, clean_up_tokenization_spaces=False
         )
 
+    def seed(self, context: list[int]) -> None:
+        """Continue after ``context``, whose text is already committed: the next delta is the
+        text that follows it (spacing rules that look back see the context)."""
+        self.token_ids = list(context)
+        self._prefix_offset = 0
+        self._read_offset = len(self.token_ids)
+
     def decode(self, ids: list[int]) -> str:
         """The whole text of ``ids`` at once (for callers that need no deltas)."""
         return self._decode(ids)

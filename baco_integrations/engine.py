@@ -30,11 +30,13 @@ from transformers import (
 )
 
 from .config import GenerationSettings, Source
+from .cross_family import TextModelState, TextSample, decode_text
 from .detokenize import IncrementalDetokenizer
 from .outputs import BacoChunk, BacoOutput, FinishReason
 from .prompts import Prompt, aligned_ids, base_ids, is_conversation, normalize_prompts
-from .routers import NO_SOURCE, RouterInputs, build_router, router_needs
+from .routers import NO_SOURCE, RouterInputs, build_router, checked_choice, router_needs
 from .sampling import Sampler
+from .stops import find_stop, streamable_length
 from .vocab import VocabMasks, build_vocab_masks
 
 #: Special tokens that end an assistant turn in common chat templates.
@@ -256,13 +258,9 @@ class _Sample:
 
     def check_stop(self, stops: Sequence[str], longest: int, delta: str) -> bool:
         """Cut the text before the first stop string that ``delta`` completed."""
-        if not delta:
+        cut = find_stop(self.text, stops, longest, delta)
+        if cut is None:
             return False
-        start = max(0, len(self.text) - len(delta) - longest + 1)
-        hits = [i for s in stops if (i := self.text.find(s, start)) >= 0]
-        if not hits:
-            return False
-        cut = min(hits)
         # keep the tokens whose text starts before the cut
         keep = sum(1 for i in range(len(self.ends)) if (self.ends[i - 1] if i else 0) < cut)
         del self.token_ids[keep:], self.sources[keep:], self.ends[keep:]
@@ -274,15 +272,9 @@ class _Sample:
 
     def safe_length(self, stops: Sequence[str] | None) -> int:
         """How much text can be streamed: all but a suffix that may begin a stop string."""
-        if self.finish_reason is not None or not stops:
+        if self.finish_reason is not None:
             return len(self.text)
-        held = 0
-        for stop in stops:
-            for k in range(min(len(stop) - 1, len(self.text)), held, -1):
-                if self.text.endswith(stop[:k]):
-                    held = k
-                    break
-        return len(self.text) - held
+        return streamable_length(self.text, stops)
 
     def output(self) -> BacoOutput:
         return BacoOutput(
@@ -309,6 +301,12 @@ class DecodeStats:
     aligned_forward_passes: int = 0
     base_forward_tokens: int = 0
     aligned_forward_tokens: int = 0
+    #: Cross-family pairs: tokens run after re-tokenizing the text, and tokens kept in the
+    #: cache because they matched (the longest common prefix).
+    base_synced_tokens: int = 0
+    aligned_synced_tokens: int = 0
+    base_reused_tokens: int = 0
+    aligned_reused_tokens: int = 0
 
 
 @dataclass
@@ -348,7 +346,8 @@ class _Job:
 class BacoEngine:
     """Collaborative decoding with a base model and its aligned counterpart.
 
-    Both models must share a tokenizer vocabulary. Calls are serialised by a lock, so threads
+    When the two tokenizers differ (a cross-family pair), decoding works on text: see
+    :mod:`baco_integrations.cross_family`. Calls are serialised by a lock, so threads
     may share one engine: concurrent calls wait their turn.
     """
 
@@ -368,31 +367,54 @@ class BacoEngine:
             )
         self.cache_implementation: CacheImplementation = cache_implementation
         aligned_tokenizer = aligned_tokenizer or base_tokenizer
-        if base_tokenizer.get_vocab() != aligned_tokenizer.get_vocab():
+        #: Same vocabulary: tokens are the shared currency (the fast path). Otherwise text is
+        #: (cross-family pairs, see :mod:`baco_integrations.cross_family`).
+        self.shares_tokenizer = base_tokenizer.get_vocab() == aligned_tokenizer.get_vocab()
+        if not self.shares_tokenizer and cache_implementation != "dynamic":
             raise ValueError(
-                "the base and aligned tokenizers differ (vocabularies of "
-                f"{len(base_tokenizer)} and {len(aligned_tokenizer)} tokens); BACO needs the "
-                "two models of one family, sharing a tokenizer"
+                f"cache_implementation={cache_implementation!r} needs a shared tokenizer; a "
+                "cross-family pair re-tokenizes text into caches of varying length, so use "
+                "cache_implementation='dynamic'"
             )
         self.base_model = base_model.eval()
         self.aligned_model = aligned_model.eval()
         self.base_tokenizer = base_tokenizer
         self.aligned_tokenizer = aligned_tokenizer
         self.device = _input_device(aligned_model)
-        base_vocab = base_model.get_output_embeddings().weight.shape[0]
-        aligned_vocab = aligned_model.get_output_embeddings().weight.shape[0]
-        self.vocab_size = min(base_vocab, aligned_vocab, len(aligned_tokenizer))
-        self.masks: VocabMasks = build_vocab_masks(aligned_tokenizer, self.vocab_size, self.device)
-        self.eos_ids = _eos_ids(base_model, base_tokenizer, chat=False) | _eos_ids(
-            aligned_model, aligned_tokenizer, chat=True
+        base_vocab = min(base_model.get_output_embeddings().weight.shape[0], len(base_tokenizer))
+        aligned_vocab = min(
+            aligned_model.get_output_embeddings().weight.shape[0], len(aligned_tokenizer)
         )
+        if self.shares_tokenizer:
+            base_vocab = aligned_vocab = min(base_vocab, aligned_vocab)
+        #: Rows of each model's logits that BACO reads (embedding padding rows are left out).
+        self.vocab_sizes: dict[Source, int] = {"base": base_vocab, "aligned": aligned_vocab}
+        self.vocab_size = aligned_vocab
+        #: Word-boundary masks; the routers read the aligned tokenizer's.
+        self.masks: VocabMasks = build_vocab_masks(aligned_tokenizer, aligned_vocab, self.device)
+        self.vocab_masks: dict[Source, VocabMasks] = {
+            "aligned": self.masks,
+            "base": (
+                self.masks
+                if self.shares_tokenizer
+                else build_vocab_masks(base_tokenizer, base_vocab, self.device)
+            ),
+        }
+        #: End-of-sequence ids per model, and (for a shared tokenizer) their union.
+        self.model_eos_ids: dict[Source, set[int]] = {
+            "base": _eos_ids(base_model, base_tokenizer, chat=False),
+            "aligned": _eos_ids(aligned_model, aligned_tokenizer, chat=True),
+        }
+        self.eos_ids = self.model_eos_ids["base"] | self.model_eos_ids["aligned"]
         windows = [w for w in map(_context_window, (base_model, aligned_model)) if w]
         self.context_window: int | None = min(windows) if windows else None
-        self.pad_token_id = next(
-            t
-            for t in (aligned_tokenizer.pad_token_id, aligned_tokenizer.eos_token_id, 0)
-            if t is not None
-        )
+        self.pad_token_ids: dict[Source, int] = {
+            source: next(
+                t for t in (tokenizer.pad_token_id, tokenizer.eos_token_id, 0) if t is not None
+            )
+            for source, tokenizer in (("base", base_tokenizer), ("aligned", aligned_tokenizer))
+        }
+        self.pad_token_id = self.pad_token_ids["aligned"]
         self._lock = threading.Lock()
         self.last_stats = DecodeStats()
 
@@ -545,13 +567,17 @@ class BacoEngine:
                     f"{self.context_window} tokens"
                 )
             max_steps = min(max_steps, self.context_window - longest)
-        samples = [
-            _Sample(
-                i,
-                j,
-                len(aligned_prompt_ids[i]),
-                IncrementalDetokenizer(self.aligned_tokenizer),
-                incremental=stream or bool(settings.stop),
+        samples: list[Any] = [
+            (
+                _Sample(
+                    i,
+                    j,
+                    len(aligned_prompt_ids[i]),
+                    IncrementalDetokenizer(self.aligned_tokenizer),
+                    incremental=stream or bool(settings.stop),
+                )
+                if self.shares_tokenizer
+                else TextSample(i, j, len(aligned_prompt_ids[i]), self.aligned_tokenizer)
             )
             for i in range(len(batch))
             for j in range(settings.n)
@@ -562,9 +588,7 @@ class BacoEngine:
             base_prompt_ids=base_prompt_ids,
             aligned_prompt_ids=aligned_prompt_ids,
             router=build_router(settings.router_config()),
-            sampler=Sampler(
-                settings.temperature, settings.top_k, settings.top_p, settings.min_p
-            ),
+            sampler=Sampler(settings.temperature, settings.top_k, settings.top_p, settings.min_p),
             max_steps=max_steps,
             samples=samples,
             vocab_size=self.vocab_size,
@@ -637,13 +661,7 @@ class BacoEngine:
             masks=masks,
             generator=generator,
         )
-        want_base = job.router(inputs)
-        if not isinstance(want_base, torch.Tensor) or want_base.shape != prev_sources.shape:
-            raise ValueError(
-                "router must return a boolean tensor of shape [batch] "
-                f"({prev_sources.shape[0]},), got {getattr(want_base, 'shape', type(want_base))}"
-            )
-        want_base = want_base.to(device=prev_sources.device, dtype=torch.bool)
+        want_base = checked_choice(job.router(inputs), prev_sources)
         switch = boundary & (~has_prev | (want_base != prev_base))
         to_base, to_aligned = (switch & want_base).any().item(), (switch & ~want_base).any().item()
         if not (to_base or to_aligned):
@@ -660,6 +678,9 @@ class BacoEngine:
 
     def _decode(self, job: _Job) -> Iterator[list[int]]:
         """Run the decoding loop; after each step yield the indices of samples that changed."""
+        if not self.shares_tokenizer:
+            yield from self._decode_text(job)
+            return
         settings = job.settings
         stops = settings.stop
         longest_stop = max(map(len, stops)) if stops else 0
@@ -731,6 +752,41 @@ class BacoEngine:
             for state in states.values():
                 state.cache = None
                 state.pending.clear()
+
+    def _decode_text(self, job: _Job) -> Iterator[list[int]]:
+        """The cross-family loop (:func:`~baco_integrations.cross_family.decode_text`)."""
+        states = {
+            source: TextModelState(model, tokenizer, self.vocab_sizes[source], self.device)
+            for source, model, tokenizer in (
+                ("base", self.base_model, self.base_tokenizer),
+                ("aligned", self.aligned_model, self.aligned_tokenizer),
+            )
+        }
+        try:
+            prompt_ids: dict[Source, list[list[int]]] = {
+                "base": job.base_prompt_ids,
+                "aligned": job.aligned_prompt_ids,
+            }
+            for source in states:
+                states[source].prefill(
+                    prompt_ids[source], job.settings.n, self.pad_token_ids[source], job.max_steps
+                )
+            yield from decode_text(
+                job,
+                states,
+                self.vocab_masks,
+                self.model_eos_ids,
+                self._generator(job.settings.seed),
+            )
+        finally:
+            stats = job.stats
+            for source, state in states.items():
+                setattr(stats, f"{source}_forward_passes", state.forward_passes)
+                setattr(stats, f"{source}_forward_tokens", state.forward_tokens)
+                setattr(stats, f"{source}_synced_tokens", state.synced_tokens)
+                setattr(stats, f"{source}_reused_tokens", state.reused_tokens)
+                state.release()
+            self.last_stats = stats
 
     def _stream(self, job: _Job) -> Iterator[BacoChunk]:
         stops = job.settings.stop

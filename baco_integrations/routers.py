@@ -183,6 +183,16 @@ class NudgingRouter:
         return inputs.probs("base").amax(dim=-1) >= self.gamma
 
 
+def checked_choice(want_base: object, prev_sources: torch.Tensor) -> torch.Tensor:
+    """A router's answer as a boolean tensor ``[batch]``, or a clear error."""
+    if not isinstance(want_base, torch.Tensor) or want_base.shape != prev_sources.shape:
+        raise ValueError(
+            "router must return a boolean tensor of shape [batch] "
+            f"({prev_sources.shape[0]},), got {getattr(want_base, 'shape', type(want_base))}"
+        )
+    return want_base.to(device=prev_sources.device, dtype=torch.bool)
+
+
 def build_router(config: RouterConfig) -> Callable[[RouterInputs], torch.Tensor]:
     """Instantiate the router that ``config`` names (a callable router is returned as is)."""
     strategy = config.strategy

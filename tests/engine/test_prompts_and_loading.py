@@ -74,9 +74,13 @@ def test_resolve_dtype() -> None:
         resolve_dtype("nonsense", "cpu")
 
 
-def test_different_tokenizers_are_refused(tiny_cross_pair) -> None:
-    with pytest.raises(ValueError, match="tokenizers differ"):
-        BacoEngine.from_pretrained(tiny_cross_pair.base_dir, tiny_cross_pair.aligned_dir)
+def test_tokenizer_sharing_is_detected(tiny_pair, tiny_cross_pair) -> None:
+    same = BacoEngine.from_pretrained(tiny_pair.base_dir, tiny_pair.aligned_dir)
+    cross = BacoEngine.from_pretrained(tiny_cross_pair.base_dir, tiny_cross_pair.aligned_dir)
+    assert same.shares_tokenizer and not cross.shares_tokenizer
+    assert same.vocab_masks["base"] is same.vocab_masks["aligned"]
+    assert cross.vocab_masks["base"].vocab_size == 512
+    assert cross.vocab_masks["aligned"].vocab_size == 640
 
 
 @pytest.fixture
