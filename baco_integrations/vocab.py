@@ -91,6 +91,10 @@ def classify_token(raw: str, text: str, *, special: bool) -> tuple[bool, bool, b
         punct = is_ascii and (ws or unicodedata.category(char)[0] in "PS")
         return ws, punct, False
     word_start = raw.startswith(_SPACE_MARKERS) or text[:1].isspace()
+    if "\ufffd" in text and not text.replace("\ufffd", "").strip():
+        # Bytes of an unfinished character (byte-level BPE): the pieces after the first must
+        # stay with the model that began the character, so they are not punctuation.
+        return word_start, False, False
     punctuation = _is_punctuation_text(text) or (
         # A token whose first visible character is punctuation ("'s", ".\n") cannot
         # continue a word spelled by the other model.

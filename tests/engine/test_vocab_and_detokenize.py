@@ -64,3 +64,15 @@ def test_incremental_detokenizer_skips_special_tokens(engine: BacoEngine) -> Non
     ]
     detok = IncrementalDetokenizer(tok)
     assert "".join(detok.push(i) for i in ids) + detok.flush() == "hello"
+
+
+def test_bytes_of_an_unfinished_character_continue_it(engine) -> None:
+    """A byte-level piece inside a multi-byte character never starts a word, so a character
+    is never split between the two models."""
+    tokenizer, masks = engine.aligned_tokenizer, engine.masks
+    ids = tokenizer(" 😀🎉", add_special_tokens=False)["input_ids"]
+    pieces = [tokenizer.convert_tokens_to_string([tokenizer.convert_ids_to_tokens(i)]) for i in ids]
+    partial = [i for i, text in zip(ids, pieces, strict=True) if text == "\ufffd"]
+    assert partial, pieces  # the emoji is spelled with several byte pieces
+    assert all(bool(masks.continuation[i]) for i in partial)
+    assert not any(bool(masks.punctuation[i]) for i in partial)
