@@ -1,7 +1,9 @@
 """BACO (Base-Aligned Model Collaboration) decoding, with LangChain and LlamaIndex adapters.
 
 The engine lives here; the adapters are in ``baco_integrations.langchain`` and
-``baco_integrations.llama_index``.
+``baco_integrations.llama_index``. ``baco_integrations.render`` shows which words each model
+wrote (its dispatcher ``render`` is not re-exported here, so that the name
+``baco_integrations.render`` stays the module).
 """
 
 from .config import (
@@ -12,6 +14,14 @@ from .config import (
 )
 from .engine import BacoEngine, DecodeStats, DecodingCancelled
 from .outputs import BacoChunk, BacoOutput
+from .render import (
+    Span,
+    render_ansi,
+    render_brackets,
+    render_html,
+    source_spans,
+    spans_from_chunks,
+)
 from .routers import Router, RouterInputs, build_router
 
 __all__ = [
@@ -26,7 +36,13 @@ __all__ = [
     "Router",
     "RouterConfig",
     "RouterInputs",
+    "Span",
     "build_router",
+    "render_ansi",
+    "render_brackets",
+    "render_html",
+    "source_spans",
+    "spans_from_chunks",
 ]
 
 __version__ = "0.1.0"
