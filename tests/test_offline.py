@@ -26,9 +26,12 @@ from baco_integrations.offline import (
     BASE_MODULE,
     BASE_PACKAGE,
     BASE_SUBDIR,
+    CONVERTED_SUBDIR,
     DOWNLOADS_SUBDIR,
     MANIFEST_NAME,
+    ConvertedPair,
     OfflinePair,
+    converted_pair,
     offline_pair,
 )
 
@@ -388,26 +391,269 @@ def test_files_are_world_readable_like_normal_files(
 
 
 def test_cli_prints_paths(
-    tmp_path: Path, base_installed: types.ModuleType, no_pip: None, capsys: pytest.CaptureFixture
+    tmp_path: Path,
+    base_installed: types.ModuleType,
+    no_pip: None,
+    fake_convert: list[str],
+    capsys: pytest.CaptureFixture,
 ) -> None:
     cache = tmp_path / "cache"
     assert offline.main(["--cache-dir", str(cache), "--no-install"]) == 1
     assert "pip download --no-deps" in capsys.readouterr().err
 
     write_fake_wheel(cache / DOWNLOADS_SUBDIR)
-    assert offline.main(["--cache-dir", str(cache), "--no-install", "--json"]) == 0
+    assert offline.main(["--cache-dir", str(cache), "--no-install", "--json", "--no-convert"]) == 0
     printed = json.loads(capsys.readouterr().out)
     pair = expected_pair(cache)
-    assert printed == {
+    gguf_fields = {
         "base_dir": str(pair.base_dir),
         "base_gguf_file": BASE_GGUF_FILE,
         "aligned_dir": str(pair.aligned_dir),
         "aligned_gguf_file": ALIGNED_GGUF_FILE,
     }
+    assert printed == gguf_fields
+    assert fake_convert == []
+
+    assert offline.main(["--cache-dir", str(cache), "--no-install", "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed == {
+        **gguf_fields,
+        "base_hf_dir": str(pair.base_dir / CONVERTED_SUBDIR),
+        "aligned_hf_dir": str(pair.aligned_dir / CONVERTED_SUBDIR),
+    }
+    assert fake_convert == [BASE_GGUF_FILE, ALIGNED_GGUF_FILE]
+
     assert offline.main(["--cache-dir", str(cache)]) == 0
     out = capsys.readouterr().out
     assert f"base_dir={pair.base_dir}" in out
+    assert f"aligned_hf_dir={pair.aligned_dir / CONVERTED_SUBDIR}" in out
     assert f"aligned={pair.aligned_path}  ({len(ALIGNED_BYTES)} bytes)" in out
+    assert len(fake_convert) == 2  # already converted
+
+    assert offline.main(["--cache-dir", str(cache), "--rebuild"]) == 0
+    assert len(fake_convert) == 4
+    with pytest.raises(SystemExit):
+        offline.main(["--rebuild", "--no-convert"])
+
+
+# ---------------------------------------------------------------- converted checkpoints
+
+
+@pytest.fixture
+def fake_convert(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Replaces the transformers conversion: writes small files derived from the GGUF."""
+    converted: list[str] = []
+
+    def convert(gguf_dir: Path, gguf_file: str, out_dir: Path) -> None:
+        converted.append(gguf_file)
+        data = (gguf_dir / gguf_file).read_bytes()
+        (out_dir / "config.json").write_text(json.dumps({"from": gguf_file}))
+        (out_dir / "model.safetensors").write_bytes(hashlib.sha256(data).digest() * 8)
+        (out_dir / "model.safetensors").chmod(0o600)  # as safetensors writes it
+        (out_dir / "tokenizer.json").write_text("{}")
+
+    monkeypatch.setattr(offline, "_convert_gguf", convert)
+    return converted
+
+
+@pytest.fixture
+def gguf_pair(tmp_path: Path, base_installed: types.ModuleType, no_pip: None) -> OfflinePair:
+    write_fake_wheel(tmp_path / "cache" / DOWNLOADS_SUBDIR)
+    return offline_pair(tmp_path / "cache", install=False)
+
+
+def converted_mtimes(converted: ConvertedPair) -> dict[str, int]:
+    return {
+        str(p): p.stat().st_mtime_ns
+        for d in (converted.base_dir, converted.aligned_dir)
+        for p in d.iterdir()
+    }
+
+
+def test_converted_once_then_cached(
+    tmp_path: Path, gguf_pair: OfflinePair, fake_convert: list[str]
+) -> None:
+    converted = converted_pair(gguf_pair)
+    assert converted == ConvertedPair(
+        gguf_pair.base_dir / CONVERTED_SUBDIR, gguf_pair.aligned_dir / CONVERTED_SUBDIR
+    )
+    assert fake_convert == [BASE_GGUF_FILE, ALIGNED_GGUF_FILE]
+    manifest = json.loads((converted.base_dir / MANIFEST_NAME).read_text())
+    assert manifest["source"] == {
+        "file": BASE_GGUF_FILE,
+        "size": len(BASE_BYTES),
+        "sha256": BASE_SHA,
+    }
+    config_size = len(json.dumps({"from": BASE_GGUF_FILE}))
+    assert manifest["files"] == {
+        "config.json": config_size,
+        "model.safetensors": 256,
+        "tokenizer.json": 2,
+    }
+    assert manifest["dtype"] == "float32"
+    assert json.loads((converted.aligned_dir / "config.json").read_text()) == {
+        "from": ALIGNED_GGUF_FILE
+    }
+    assert leftovers(tmp_path) == []
+    reference = tmp_path / "plain"
+    reference.write_bytes(b"")
+    modes = {
+        p.stat().st_mode for d in (converted.base_dir, converted.aligned_dir) for p in d.iterdir()
+    }
+    assert modes == {reference.stat().st_mode}
+
+    # Later calls: nothing converted, nothing rewritten, whichever way the pair is named.
+    mtimes = converted_mtimes(converted)
+    assert converted_pair(gguf_pair) == converted
+    assert converted_pair(cache_dir=tmp_path / "cache", install=False) == converted
+    assert converted_pair(gguf_pair, convert=False) == converted
+    assert len(fake_convert) == 2
+    assert converted_mtimes(converted) == mtimes
+
+
+def test_a_changed_gguf_is_converted_again(
+    tmp_path: Path, gguf_pair: OfflinePair, fake_convert: list[str]
+) -> None:
+    converted = converted_pair(gguf_pair)
+    # A GGUF whose manifest is gone is hashed: same bytes, same conversion.
+    (gguf_pair.aligned_dir / MANIFEST_NAME).unlink()
+    assert converted_pair(gguf_pair) == converted
+    assert len(fake_convert) == 2
+    # New bytes (and their manifest, as offline_pair writes it): only that model is redone.
+    new_bytes = ALIGNED_BYTES + b"v2"
+    gguf_pair.aligned_path.write_bytes(new_bytes)
+    offline._write_manifest(
+        gguf_pair.aligned_dir,
+        ALIGNED_GGUF_FILE,
+        len(new_bytes),
+        hashlib.sha256(new_bytes).hexdigest(),
+        "test",
+    )
+    with pytest.raises(FileNotFoundError, match="no up-to-date converted checkpoint"):
+        converted_pair(gguf_pair, convert=False)
+    assert converted_pair(gguf_pair) == converted
+    assert fake_convert == [BASE_GGUF_FILE, ALIGNED_GGUF_FILE, ALIGNED_GGUF_FILE]
+    manifest = json.loads((converted.aligned_dir / MANIFEST_NAME).read_text())
+    assert manifest["source"]["size"] == len(new_bytes)
+    expected = hashlib.sha256(new_bytes).digest() * 8
+    assert (converted.aligned_dir / "model.safetensors").read_bytes() == expected
+    assert leftovers(tmp_path) == []
+    assert not any(p.name.endswith(".old") for p in tmp_path.rglob("*"))
+
+
+def test_damaged_conversions_and_rebuild_convert_again(
+    gguf_pair: OfflinePair, fake_convert: list[str]
+) -> None:
+    converted = converted_pair(gguf_pair)
+    with (converted.base_dir / "model.safetensors").open("r+b") as handle:
+        handle.truncate(10)
+    (converted.aligned_dir / MANIFEST_NAME).unlink()
+    assert converted_pair(gguf_pair) == converted
+    assert fake_convert == [BASE_GGUF_FILE, ALIGNED_GGUF_FILE] * 2
+    assert (converted.base_dir / "model.safetensors").stat().st_size == 256
+    (converted.aligned_dir / "tokenizer.json").unlink()
+    converted_pair(gguf_pair)
+    assert len(fake_convert) == 5
+    converted_pair(gguf_pair, rebuild=True)
+    assert len(fake_convert) == 7
+
+
+def test_convert_false_names_the_command(gguf_pair: OfflinePair, fake_convert: list[str]) -> None:
+    with pytest.raises(FileNotFoundError) as info:
+        converted_pair(gguf_pair, convert=False)
+    assert f"{sys.executable} -m baco_integrations.offline" in str(info.value)
+    assert fake_convert == []
+    assert not (gguf_pair.base_dir / CONVERTED_SUBDIR).exists()
+
+
+def broken_convert(gguf_dir: Path, gguf_file: str, out_dir: Path) -> None:
+    (out_dir / "config.json").write_text("{}")  # half written, then it fails
+    raise KeyError("tensor blk.0.attn_q.weight")
+
+
+def test_failed_conversion_leaves_nothing(
+    tmp_path: Path, gguf_pair: OfflinePair, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(offline, "_convert_gguf", broken_convert)
+    with pytest.raises(RuntimeError, match=f"could not convert .*{BASE_GGUF_FILE}") as info:
+        converted_pair(gguf_pair)
+    assert isinstance(info.value.__cause__, KeyError)
+    assert not (gguf_pair.base_dir / CONVERTED_SUBDIR).exists()
+    assert leftovers(tmp_path) == []
+
+
+def test_failed_rebuild_keeps_the_previous_conversion(
+    tmp_path: Path, gguf_pair: OfflinePair, fake_convert: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    converted = converted_pair(gguf_pair)
+    before = converted_mtimes(converted)
+    monkeypatch.setattr(offline, "_convert_gguf", broken_convert)
+    with pytest.raises(RuntimeError, match="could not convert"):
+        converted_pair(gguf_pair, rebuild=True)
+    assert converted_mtimes(converted) == before
+    assert converted_pair(gguf_pair, convert=False) == converted  # still valid
+    assert leftovers(tmp_path) == []
+
+
+def test_convert_gguf_saves_a_plain_checkpoint(
+    tmp_path: Path, tiny_pair: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The real conversion code, with transformers' GGUF loading replaced by a tiny model that
+    is marked the way a GGUF load marks it (a GGUF quantizer and quantization_config)."""
+    import torch
+    import transformers
+    from transformers import GgufConfig
+    from transformers.quantizers.quantizer_gguf import GgufHfQuantizer
+
+    load_model = transformers.AutoModelForCausalLM.from_pretrained
+    load_tokenizer = transformers.AutoTokenizer.from_pretrained
+    loads: list[tuple[str, Path, str]] = []
+
+    def fake_model(directory: Path, *, gguf_file: str, dtype: torch.dtype) -> Any:
+        assert dtype == torch.float32
+        loads.append(("model", Path(directory), gguf_file))
+        model = load_model(tiny_pair.aligned_dir, dtype=dtype)
+        model.config.quantization_config = GgufConfig(gguf_file=gguf_file)
+        model.hf_quantizer = GgufHfQuantizer(model.config.quantization_config)  # type: ignore[assignment]
+        return model
+
+    def fake_tokenizer(directory: Path, *, gguf_file: str) -> Any:
+        loads.append(("tokenizer", Path(directory), gguf_file))
+        return load_tokenizer(tiny_pair.aligned_dir)
+
+    with pytest.raises(ValueError, match="not serializable"):  # what the fix is for
+        fake_model(tmp_path, gguf_file="m.gguf", dtype=torch.float32).save_pretrained(
+            tmp_path / "refused"
+        )
+    loads.clear()
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", fake_model)
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", fake_tokenizer)
+    out = tmp_path / "out"
+    out.mkdir()
+    offline._convert_gguf(tmp_path, "m.gguf", out)
+    assert loads == [("tokenizer", tmp_path, "m.gguf"), ("model", tmp_path, "m.gguf")]
+    monkeypatch.undo()
+
+    assert "quantization_config" not in json.loads((out / "config.json").read_text())
+    assert (out / "generation_config.json").is_file()
+    assert (out / "model.safetensors").is_file()
+    model = load_model(out)
+    assert getattr(model, "hf_quantizer", None) is None
+    reference = load_model(tiny_pair.aligned_dir)
+    state, expected = model.state_dict(), reference.state_dict()
+    assert state.keys() == expected.keys()
+    assert all(torch.equal(state[k], expected[k]) for k in state)
+    assert model.generation_config.eos_token_id == reference.generation_config.eos_token_id
+    tokenizer = load_tokenizer(out)
+    assert tokenizer.get_vocab() == load_tokenizer(tiny_pair.aligned_dir).get_vocab()
+    assert tokenizer.chat_template
+
+
+def test_converted_pair_argument_checks(gguf_pair: OfflinePair) -> None:
+    with pytest.raises(ValueError, match="not both"):
+        converted_pair(gguf_pair, cache_dir=gguf_pair.base_dir)
+    with pytest.raises(ValueError, match="rebuild"):
+        converted_pair(gguf_pair, convert=False, rebuild=True)
 
 
 # -------------------------------------------------------------------------- slow tests
@@ -559,3 +805,56 @@ def test_real_pair_left_padded_cache_matches_unpadded(
             assert torch.isfinite(got[i]).all()
             assert (got[i] - want[0]).abs().max().item() < 1e-3
             assert got[i].argmax() == want[0].argmax()
+
+
+@pytest.fixture(scope="module")
+def real_converted(real_pair: OfflinePair) -> ConvertedPair:
+    try:
+        return converted_pair(real_pair, convert=False)
+    except FileNotFoundError as exc:
+        pytest.skip(f"converted pair not prepared: {exc}")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("side", ["base", "aligned"])
+def test_real_converted_pair_matches_the_gguf_load(
+    loaded: dict[str, tuple[Any, Any]], real_converted: ConvertedPair, side: str
+) -> None:
+    """The safetensors conversion loads in seconds and decodes exactly like the GGUF."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf_model, gguf_tokenizer = loaded[side]
+    directory = real_converted.base_dir if side == "base" else real_converted.aligned_dir
+    tokenizer = AutoTokenizer.from_pretrained(directory)
+    model = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32).eval()
+    assert type(model) is type(gguf_model)
+    assert getattr(model, "hf_quantizer", None) is None  # no GGUF quantizer re-attached
+    assert getattr(model.config, "quantization_config", None) is None
+    assert {str(p.dtype) for p in model.parameters()} == {"torch.float32"}
+    assert model.generation_config.to_dict() == gguf_model.generation_config.to_dict()
+    assert len(tokenizer) == len(gguf_tokenizer)
+    assert tokenizer.chat_template == gguf_tokenizer.chat_template
+    assert (tokenizer.bos_token, tokenizer.eos_token, tokenizer.pad_token) == (
+        gguf_tokenizer.bos_token,
+        gguf_tokenizer.eos_token,
+        gguf_tokenizer.pad_token,
+    )
+    assert tokenizer.padding_side == gguf_tokenizer.padding_side
+    prompt = prompt_ids(side, tokenizer, PROMPT)
+    assert prompt == prompt_ids(side, gguf_tokenizer, PROMPT)
+    assert (
+        tokenizer("Ünïcödé 日本語 🙂 <b>x</b>")["input_ids"]
+        == (gguf_tokenizer("Ünïcödé 日本語 🙂 <b>x</b>")["input_ids"])
+    )
+
+    ids = torch.tensor([prompt])
+    with torch.no_grad():
+        logits = model(ids).logits[0, -1]
+        gguf_logits = gguf_model(ids).logits[0, -1]
+        assert (logits - gguf_logits).abs().max().item() < 1e-4  # measured: 0.0
+        outs = [
+            m.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=6)
+            for m in (model, gguf_model)
+        ]
+    assert outs[0].tolist() == outs[1].tolist()
