@@ -126,9 +126,20 @@ def bench(
                 seconds, steps = per_token(hf, length, device, repeats)
                 baselines[side] = seconds
                 rows.append(
-                    Row(f"{side} alone (generate)", batch, length, seconds * 1e3,
-                        batch / seconds, 0.0, 0.0, float(side == "base"), 0, 0, steps,
-                        _peak_mb(device))
+                    Row(
+                        f"{side} alone (generate)",
+                        batch,
+                        length,
+                        seconds * 1e3,
+                        batch / seconds,
+                        0.0,
+                        0.0,
+                        float(side == "base"),
+                        0,
+                        0,
+                        steps,
+                        _peak_mb(device),
+                    )
                 )
             limit = baselines["aligned"] + baselines["base"]
             for row in rows[-2:]:
@@ -142,12 +153,18 @@ def bench(
                         tokens: int, router=router, lazy=lazy, share=share, batch=batch
                     ) -> int:
                         outs = engine.generate(
-                            PROMPT, router=router, gamma=0.5, n=batch, max_new_tokens=tokens,
-                            seed=0, lazy=lazy,
+                            PROMPT,
+                            router=router,
+                            gamma=0.5,
+                            n=batch,
+                            max_new_tokens=tokens,
+                            seed=0,
+                            lazy=lazy,
                         )
                         share.append(
                             statistics.fmean(o.base_fraction for o in outs[0] if o.num_tokens)
-                            if any(o.num_tokens for o in outs[0]) else 0.0
+                            if any(o.num_tokens for o in outs[0])
+                            else 0.0
                         )
                         return engine.last_stats.steps
 
@@ -158,10 +175,18 @@ def bench(
                     stats = engine.last_stats
                     rows.append(
                         Row(
-                            f"BACO {router} {'lazy' if lazy else 'lock-step'}", batch, length,
-                            seconds * 1e3, batch / seconds, seconds / baselines["aligned"],
-                            seconds / limit, share[-1], stats.base_forward_passes,
-                            stats.aligned_forward_passes, steps, _peak_mb(device),
+                            f"BACO {router} {'lazy' if lazy else 'lock-step'}",
+                            batch,
+                            length,
+                            seconds * 1e3,
+                            batch / seconds,
+                            seconds / baselines["aligned"],
+                            seconds / limit,
+                            share[-1],
+                            stats.base_forward_passes,
+                            stats.aligned_forward_passes,
+                            steps,
+                            _peak_mb(device),
                         )
                     )
             print(f"done: batch {batch}, length {length}", flush=True)
@@ -194,7 +219,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     parser.add_argument(
-        "--cache-implementation", choices=CACHE_IMPLEMENTATIONS, default="dynamic",
+        "--cache-implementation",
+        choices=CACHE_IMPLEMENTATIONS,
+        default="dynamic",
         help="BACO's KV cache: grown (dynamic) or preallocated (static)",
     )
     parser.add_argument(
@@ -209,12 +236,18 @@ def main(argv: list[str] | None = None) -> None:
 
         # ~30M parameters per model: wide enough that the forward pass, not Python, dominates
         pair = make_tiny_pair(
-            tempfile.mkdtemp(prefix="baco-bench-"), vocab_size=8000, hidden_size=512,
-            num_layers=6, max_position_embeddings=1024,
+            tempfile.mkdtemp(prefix="baco-bench-"),
+            vocab_size=8000,
+            hidden_size=512,
+            num_layers=6,
+            max_position_embeddings=1024,
         )
         args.base, args.aligned = str(pair.base_dir), str(pair.aligned_dir)
     engine = BacoEngine.from_pretrained(
-        args.base, args.aligned, device=args.device, dtype=args.dtype,
+        args.base,
+        args.aligned,
+        device=args.device,
+        dtype=args.dtype,
         cache_implementation=args.cache_implementation,
     )
     params = sum(p.numel() for p in engine.aligned_model.parameters())
@@ -231,9 +264,7 @@ def main(argv: list[str] | None = None) -> None:
     }
     args.out.mkdir(parents=True, exist_ok=True)
     stem = "decode" if args.cache_implementation == "dynamic" else "decode-static"
-    (args.out / f"{stem}.md").write_text(
-        f"{json.dumps(meta)}\n\n{table}", encoding="utf-8"
-    )
+    (args.out / f"{stem}.md").write_text(f"{json.dumps(meta)}\n\n{table}", encoding="utf-8")
     (args.out / f"{stem}.json").write_text(
         json.dumps({"meta": meta, "rows": [asdict(r) for r in rows]}, indent=2), encoding="utf-8"
     )
