@@ -858,3 +858,52 @@ def test_real_converted_pair_matches_the_gguf_load(
             for m in (model, gguf_model)
         ]
     assert outs[0].tolist() == outs[1].tolist()
+
+
+@pytest.fixture(scope="module")
+def real_engine(real_converted: ConvertedPair) -> Any:
+    from baco_integrations import BacoEngine
+
+    return BacoEngine.from_pretrained(real_converted.base_dir, real_converted.aligned_dir)
+
+
+@pytest.mark.slow
+def test_real_pair_runs_baco_across_families(real_engine: Any) -> None:
+    """The README's pair end to end: Gemma-3 (262k vocabulary) and SmolLM2 (49k) share no
+    tokenizer, so BACO decodes on text; ids are aligned-vocabulary ids that spell the text."""
+    import torch
+
+    engine = real_engine
+    assert not engine.shares_tokenizer
+    assert engine.vocab_sizes == {"base": 262_144, "aligned": 49_152}
+
+    # the aligned router at temperature 0 is the aligned model's own greedy text
+    ids = engine.encode_prompts(PROMPT)["aligned"]
+    with torch.no_grad():
+        reference = engine.aligned_model.generate(
+            torch.tensor([ids]),
+            attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+            do_sample=False,
+            max_new_tokens=10,
+        )[0, len(ids) :]
+    expected = engine.aligned_tokenizer.decode(reference, skip_special_tokens=True)
+    (greedy,) = engine.generate(PROMPT, router="aligned", temperature=0, max_new_tokens=10)[0]
+    assert greedy.text == expected
+
+    outs = engine.generate(PROMPT, router="P-PUNC", gamma=0.5, n=2, max_new_tokens=16, seed=0)
+    stats = engine.last_stats
+    for out in outs[0]:
+        assert out.num_tokens > 0 and len(out.sources) == out.num_tokens
+        assert max(out.token_ids) < 49_152
+        decoded = engine.aligned_tokenizer.decode(
+            list(out.token_ids), skip_special_tokens=True, clean_up_tokenization_spaces=False
+        )
+        assert decoded == out.text
+    # both models wrote words, and switching reused the incoming model's cache
+    assert {s for out in outs[0] for s in out.sources} == {"base", "aligned"}
+    assert stats.base_reused_tokens + stats.aligned_reused_tokens > 0
+
+    chunks = list(engine.stream(PROMPT, router="P-PUNC", gamma=0.5, n=2, max_new_tokens=16, seed=0))
+    for out in outs[0]:
+        streamed = [c for c in chunks if c.sample_index == out.sample_index]
+        assert "".join(c.text for c in streamed) == out.text
