@@ -467,16 +467,25 @@ def _resolve_relative(data: dict[str, Any], root: Path) -> dict[str, Any]:
     """Make the config's paths relative to its file, so a config works from any directory.
 
     ``prompts`` and ``output_dir`` are always paths. Model fields may be hub ids, so they are
-    resolved only when the path exists next to the config.
+    resolved only when the path exists next to the config. A leading ``~`` is the home
+    directory, as in a shell (e.g. the offline pair under ``~/.cache/baco-integrations``).
     """
     data = dict(data)
+
+    def home(value: str) -> str:
+        return str(Path(value).expanduser()) if value.startswith("~") else value
+
     for key in ("prompts", "output_dir"):
         value = data.get(key)
-        if isinstance(value, str) and value != BUILTIN_PROMPTS and not Path(value).is_absolute():
-            data[key] = str(root / value)
+        if isinstance(value, str) and value != BUILTIN_PROMPTS:
+            value = home(value)
+            data[key] = value if Path(value).is_absolute() else str(root / value)
 
     def maybe(value: Any) -> Any:
-        if isinstance(value, str) and not Path(value).is_absolute() and (root / value).exists():
+        if not isinstance(value, str):
+            return value
+        value = home(value)
+        if not Path(value).is_absolute() and (root / value).exists():
             return str(root / value)
         return value
 

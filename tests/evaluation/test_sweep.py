@@ -481,6 +481,20 @@ def test_load_config_toml_json_and_relative_paths(tmp_path: Path, tiny_pair: Tin
         load_config(tmp_path / "missing.toml")
 
 
+def test_load_config_expands_the_home_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    (tmp_path / "sweep.toml").write_text(
+        'base = "~/models/base"\naligned = "org/id"\noutput_dir = "~/results"\n\n'
+        '[[methods]]\nrouter = "aligned"\n'
+    )
+    config = load_config(tmp_path / "sweep.toml")
+    assert config.base == str(tmp_path / "home" / "models" / "base")
+    assert config.output_dir == str(tmp_path / "home" / "results")
+    assert config.aligned == "org/id"
+
+
 def test_example_config_is_valid(tmp_path: Path) -> None:
     (tmp_path / "example.toml").write_text(EXAMPLE_CONFIG)
     config = load_config(tmp_path / "example.toml")
