@@ -111,9 +111,9 @@ class ChatBaco(BacoSettingsMixin, BaseChatModel):
         chat = ChatBaco(engine=engine, router="P-PUNC", gamma=0.3, max_new_tokens=256)
         chat.invoke([SystemMessage("Be brief."), HumanMessage("Name a cat.")], gamma=0.6)
 
-    Replies carry ``usage_metadata`` and ``response_metadata`` with the per-token ``sources``,
-    the ``base_fraction``, the ``finish_reason`` and the model names. Tool calling and
-    structured output are not supported.
+    Replies carry ``usage_metadata`` and ``response_metadata`` with the per-token ``sources``
+    and ``token_ids`` (aligned-tokenizer ids), the ``base_fraction``, the ``finish_reason`` and
+    the model names. Tool calling and structured output are not supported.
     """
 
     model_config = ConfigDict(
@@ -240,6 +240,7 @@ class ChatBaco(BacoSettingsMixin, BaseChatModel):
                 **self._metadata(),
                 "finish_reason": output.finish_reason,
                 "sources": list(output.sources),
+                "token_ids": list(output.token_ids),
                 "base_fraction": output.base_fraction,
             }
             message = AIMessage(
@@ -263,16 +264,20 @@ class ChatBaco(BacoSettingsMixin, BaseChatModel):
     ) -> Iterator[ChatGenerationChunk]:
         """The engine's stream as chat chunks (no callbacks: the caller fires them).
 
-        Every chunk's ``response_metadata["sources"]`` lists its tokens' sources (LangChain
-        concatenates the lists when chunks are added); the last chunk carries the usage, the
-        ``finish_reason``, the ``base_fraction`` and the model names, exactly once.
+        Every chunk's ``response_metadata["sources"]`` and ``["token_ids"]`` list its tokens'
+        sources and ids (LangChain concatenates the lists when chunks are added); the last chunk
+        carries the usage, the ``finish_reason``, the ``base_fraction`` and the model names,
+        exactly once.
         """
         check_streamable(settings)
         tracker = SourceTracker()
         # Closing the engine's iterator stops decoding and releases the engine's lock.
         with closing(self.engine.stream(conversation, settings=settings)) as chunks:
             for chunk in chunks:
-                metadata: dict[str, Any] = {"sources": tracker.add(chunk)}
+                metadata: dict[str, Any] = {
+                    "sources": tracker.add(chunk),
+                    "token_ids": list(chunk.token_ids),
+                }
                 if chunk.finish_reason is None:
                     message = AIMessageChunk(content=chunk.text, response_metadata=metadata)
                 else:

@@ -31,6 +31,7 @@ def generation_info(output: BacoOutput) -> dict[str, Any]:
     """What a finished sample reports besides its text."""
     return {
         "sources": list(output.sources),
+        "token_ids": list(output.token_ids),
         "base_fraction": output.base_fraction,
         "finish_reason": output.finish_reason,
         "num_tokens": output.num_tokens,
@@ -62,7 +63,8 @@ class BacoLLM(BacoSettingsMixin, BaseLLM):
 
     ``generate``/``batch`` decode all their prompts in one engine call and return ``n``
     generations per prompt; each generation's ``generation_info`` carries the per-token
-    ``sources``, the ``base_fraction`` and the ``finish_reason``.
+    ``sources`` and ``token_ids`` (aligned-tokenizer ids, e.g. for
+    :func:`baco_integrations.source_spans`), the ``base_fraction`` and the ``finish_reason``.
     """
 
     model_config = ConfigDict(
@@ -206,7 +208,10 @@ class BacoLLM(BacoSettingsMixin, BaseLLM):
         # Closing the engine's iterator stops decoding and releases the engine's lock.
         with closing(self.engine.stream(prompt, settings=settings)) as chunks:
             for chunk in chunks:
-                info: dict[str, Any] = {"sources": tracker.add(chunk)}
+                info: dict[str, Any] = {
+                    "sources": tracker.add(chunk),
+                    "token_ids": list(chunk.token_ids),
+                }
                 if chunk.finish_reason is not None:
                     info |= {
                         "finish_reason": chunk.finish_reason,

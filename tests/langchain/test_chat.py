@@ -97,6 +97,11 @@ def test_invoke_metadata_and_usage(chat: ChatBaco, engine: BacoEngine) -> None:
     prompt_ids = engine.encode_prompts(to_conversation(messages))["aligned"]
     assert reply.usage_metadata["input_tokens"] == len(prompt_ids)
     assert reply.usage_metadata["output_tokens"] == len(meta["sources"])
+    assert len(meta["token_ids"]) == len(meta["sources"])
+    assert (
+        engine.aligned_tokenizer.decode(meta["token_ids"], skip_special_tokens=True)
+        == reply.content
+    )
     assert reply.usage_metadata["total_tokens"] == len(prompt_ids) + len(meta["sources"])
     assert set(meta["sources"]) <= {"base", "aligned"}
     assert meta["base_fraction"] == pytest.approx(
@@ -134,7 +139,7 @@ def test_stream_matches_invoke(chat: ChatBaco) -> None:
         full = full + chunk
     assert full.content == reply.content
     assert full.usage_metadata == reply.usage_metadata
-    for key in ("finish_reason", "model_name", "base_model", "aligned_model"):
+    for key in ("finish_reason", "model_name", "base_model", "aligned_model", "token_ids"):
         assert full.response_metadata[key] == reply.response_metadata[key]
     assert len(full.response_metadata["sources"]) == reply.usage_metadata["output_tokens"]
 

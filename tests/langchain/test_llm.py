@@ -172,7 +172,11 @@ def test_n_samples_and_generation_info(llm: BacoLLM) -> None:
         assert [g.generation_info["sample_index"] for g in gens] == [0, 1, 2]
         for g in gens:
             info = g.generation_info
-            assert len(info["sources"]) == info["num_tokens"]
+            assert len(info["sources"]) == len(info["token_ids"]) == info["num_tokens"]
+            assert (
+                llm.engine.aligned_tokenizer.decode(info["token_ids"], skip_special_tokens=True)
+                == g.text
+            )
             assert set(info["sources"]) <= {"base", "aligned"}
             expected = info["sources"].count("base") / len(info["sources"])
             assert info["base_fraction"] == pytest.approx(expected)
@@ -198,7 +202,7 @@ def test_streamed_generation_info(llm: BacoLLM) -> None:
     assert generation.text == text
     info = generation.generation_info
     reference = llm.generate(["Name a cat"]).generations[0][0].generation_info
-    for key in ("finish_reason", "num_tokens"):
+    for key in ("finish_reason", "num_tokens", "token_ids", "sources"):
         assert info[key] == reference[key], key
     assert len(info["sources"]) == reference["num_tokens"]
     assert info["base_fraction"] == pytest.approx(
