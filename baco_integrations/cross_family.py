@@ -26,6 +26,7 @@ from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
 from .config import Source
 from .detokenize import IncrementalDetokenizer
+from .model_calls import cache_argument
 from .outputs import BacoOutput, FinishReason
 from .routers import BOTH, NO_SOURCE, SOURCE_ALIGNED, SOURCE_BASE, RouterInputs, checked_choice
 from .stops import find_stop, streamable_length
@@ -94,6 +95,7 @@ class TextModelState:
         decode_device: torch.device,
     ) -> None:
         self.model = model
+        self.cache_argument = cache_argument(model)
         self.tokenizer = tokenizer
         self.vocab_size = vocab_size
         self.decode_device = decode_device
@@ -129,7 +131,7 @@ class TextModelState:
             input_ids=ids,
             attention_mask=mask,
             position_ids=(mask.cumsum(-1) - 1).clamp_min(0),
-            past_key_values=self.cache,
+            **{self.cache_argument: self.cache},
             use_cache=True,
             logits_to_keep=1,
         )
@@ -218,7 +220,7 @@ class TextModelState:
             input_ids=ids.to(self.device),
             attention_mask=self.mask[:, : self.slots + width],
             position_ids=positions.to(self.device),
-            past_key_values=self.cache,
+            **{self.cache_argument: self.cache},
             use_cache=True,
             logits_to_keep=1,
         )

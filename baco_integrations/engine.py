@@ -32,6 +32,7 @@ from transformers import (
 from .config import GenerationSettings, Source
 from .cross_family import TextModelState, TextSample, decode_text
 from .detokenize import IncrementalDetokenizer
+from .model_calls import cache_argument
 from .outputs import BacoChunk, BacoOutput, FinishReason
 from .prompts import Prompt, aligned_ids, base_ids, is_conversation, normalize_prompts
 from .routers import NO_SOURCE, RouterInputs, build_router, checked_choice, router_needs
@@ -129,6 +130,7 @@ class _ModelState:
         cache_implementation: CacheImplementation = "dynamic",
     ):
         self.model = model
+        self.cache_argument = cache_argument(model)
         self.vocab_size = vocab_size
         self.decode_device = decode_device
         self.device = _input_device(model)
@@ -163,7 +165,7 @@ class _ModelState:
             input_ids=ids,
             attention_mask=mask,
             position_ids=positions,
-            past_key_values=self.cache,
+            **{self.cache_argument: self.cache},
             use_cache=True,
             logits_to_keep=1,
         )
@@ -206,7 +208,7 @@ class _ModelState:
                 input_ids=ids,
                 attention_mask=self.mask[:, : self.length],
                 position_ids=self.positions[:, None] + offsets,
-                past_key_values=self.cache,
+                **{self.cache_argument: self.cache},
                 use_cache=True,
                 logits_to_keep=1,
             )

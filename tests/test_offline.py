@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from baco_integrations import offline
+from baco_integrations.model_calls import cache_argument
 from baco_integrations.offline import (
     ALIGNED_GGUF_FILE,
     ALIGNED_PACKAGE,
@@ -790,7 +791,7 @@ def test_real_pair_left_padded_cache_matches_unpadded(
                     input_ids=chunk,
                     attention_mask=mask,
                     position_ids=positions,
-                    past_key_values=cache,
+                    **{cache_argument(model): cache},
                     use_cache=True,
                     logits_to_keep=1,
                 )

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from baco_integrations import BacoEngine, GenerationSettings, RouterConfig
 from baco_integrations.engine import resolve_dtype
+from baco_integrations.model_calls import cache_argument
 
 
 def test_encode_prompts_uses_chat_template_and_plain_template(engine: BacoEngine) -> None:
@@ -170,3 +173,28 @@ def test_rejected_assignment_leaves_settings_unchanged() -> None:
         settings.gamma = 5.0
     assert settings.gamma == 0.4
     assert settings.router_config().gamma == 0.4
+
+
+def test_cache_argument_follows_the_forward_signature() -> None:
+    class Renamed(torch.nn.Module):  # transformers >= 5.24
+        def forward(self, input_ids=None, cache=None, use_cache=None):  # type: ignore[no-untyped-def]
+            return input_ids
+
+    class Older(torch.nn.Module):
+        def forward(self, input_ids=None, past_key_values=None, use_cache=None):  # type: ignore[no-untyped-def]
+            return input_ids
+
+    assert cache_argument(Renamed()) == "cache"  # type: ignore[arg-type]
+    assert cache_argument(Older()) == "past_key_values"  # type: ignore[arg-type]
+
+
+def test_decoding_raises_no_deprecation_warning(engine, tiny_cross_pair) -> None:
+    """The installed transformers' current calling convention is used (its deprecated
+    names warn on every forward, which would reach every user's terminal)."""
+    cross = BacoEngine.from_pretrained(tiny_cross_pair.base_dir, tiny_cross_pair.aligned_dir)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        warnings.simplefilter("error", DeprecationWarning)
+        for pair in (engine, cross):
+            for lazy in (True, False):
+                pair.generate("Hi", router="random", gamma=0.5, n=2, max_new_tokens=8, lazy=lazy)
