@@ -43,6 +43,7 @@ class EngineSettings(GenerationSettings):
         trust_remote_code: bool = False,
         revision: str | None = None,
         cache_implementation: CacheImplementation = "dynamic",
+        compile: bool = False,
         model_kwargs: Mapping[str, Any] | None = None,
         **fields: Any,
     ) -> Self:
@@ -73,6 +74,7 @@ class EngineSettings(GenerationSettings):
             trust_remote_code=trust_remote_code,
             revision=revision,
             cache_implementation=cache_implementation,
+            compile=compile,
             **dict(model_kwargs or {}),
         )
         return cls(engine=engine, **fields)

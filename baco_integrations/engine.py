@@ -23,6 +23,7 @@ from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
     Cache,
+    CompileConfig,
     DynamicCache,
     PreTrainedModel,
     PreTrainedTokenizerBase,
@@ -95,7 +96,7 @@ def resolve_dtype(dtype: str | torch.dtype, device: str | torch.device | None) -
     return resolved
 
 
-def _repeat_static_cache(cache: StaticCache, repeats: int) -> None:
+def _repeat_static_cache(cache: StaticCache, repeats: int, mark_static: bool = False) -> None:
     """``batch_repeat_interleave`` for a filled ``StaticCache`` (transformers only has it for
     dynamic layers), so that n samples share one prefill here too."""
     layer: Any  # StaticLayer or StaticSlidingWindowLayer
@@ -103,6 +104,19 @@ def _repeat_static_cache(cache: StaticCache, repeats: int) -> None:
         layer.keys = layer.keys.repeat_interleave(repeats, dim=0)
         layer.values = layer.values.repeat_interleave(repeats, dim=0)
         layer.batch_size = layer.keys.shape[0]
+        if mark_static:  # as StaticLayer does: fixed addresses let CUDA graphs skip copies
+            torch._dynamo.mark_static_address(layer.keys)
+            torch._dynamo.mark_static_address(layer.values)
+
+
+def _compile_config(device: torch.device) -> CompileConfig:
+    """``generate``'s compile settings, with CUDA graphs only where there is CUDA; shapes that
+    change between calls (batch, prompt width) are compiled once more as dynamic."""
+    return CompileConfig(
+        fullgraph=False,
+        dynamic=None,
+        mode="reduce-overhead" if device.type == "cuda" else "default",
+    )
 
 
 def _split_gguf(path: str | os.PathLike[str], gguf_file: str | None) -> tuple[str, str | None]:
@@ -128,6 +142,7 @@ class _ModelState:
         vocab_size: int,
         decode_device: torch.device,
         cache_implementation: CacheImplementation = "dynamic",
+        compiled: bool = False,
     ):
         self.model = model
         self.cache_argument = cache_argument(model)
@@ -135,6 +150,13 @@ class _ModelState:
         self.decode_device = decode_device
         self.device = _input_device(model)
         self.cache_implementation = cache_implementation
+        #: Single-token steps run through ``torch.compile`` (static cache only: fixed shapes).
+        #: transformers keeps the compiled call on the model, so it is compiled once, not per
+        #: decoding call; prefill and multi-token catch-ups stay eager, as in ``generate``.
+        self.compiled = compiled
+        self.step_call: Callable[..., Any] = (
+            model.get_compiled_call(_compile_config(self.device)) if compiled else model.__call__
+        )
         self.cache: Cache | None = None
         self.mask = torch.empty(0)
         self.length = 0
@@ -173,7 +195,7 @@ class _ModelState:
         self.forward_tokens += int(mask.sum())
         if n > 1:
             if isinstance(self.cache, StaticCache):
-                _repeat_static_cache(self.cache, n)
+                _repeat_static_cache(self.cache, n, mark_static=self.compiled)
             else:
                 self.cache.batch_repeat_interleave(n)
         # Preallocated so that each step slices instead of concatenating (no quadratic copies).
@@ -204,19 +226,28 @@ class _ModelState:
             self.mask[:, self.length : self.length + count] = 1
             self.length += count
             offsets = torch.arange(count, device=self.device)
-            out = self.model(
+            static = self.cache_implementation == "static"
+            # A static cache takes the whole preallocated mask (one shape for every step) and
+            # says where to write; a dynamic cache grows with the mask.
+            call = self.step_call if count == 1 else self.model.__call__
+            extra = {"cache_position": offsets + (self.length - count)} if static else {}
+            out = call(
                 input_ids=ids,
-                attention_mask=self.mask[:, : self.length],
+                attention_mask=self.mask if static else self.mask[:, : self.length],
                 position_ids=self.positions[:, None] + offsets,
                 **{self.cache_argument: self.cache},
                 use_cache=True,
                 logits_to_keep=1,
+                **extra,
             )
             self.positions = self.positions + count
             self.pending.clear()
             self.forward_passes += 1
             self.forward_tokens += count * int(ids.shape[0])
-            self._logits = out.logits[:, -1, : self.vocab_size].float().to(self.decode_device)
+            logits = out.logits[:, -1, : self.vocab_size].float()
+            if call is not self.model.__call__:  # CUDA graphs reuse their output buffers
+                logits = logits.clone()
+            self._logits = logits.to(self.decode_device)
         return self._logits
 
 
@@ -361,13 +392,21 @@ class BacoEngine:
         aligned_tokenizer: PreTrainedTokenizerBase | None = None,
         *,
         cache_implementation: CacheImplementation = "dynamic",
+        compile: bool = False,
     ) -> None:
         if cache_implementation not in CACHE_IMPLEMENTATIONS:
             raise ValueError(
                 f"cache_implementation={cache_implementation!r} is not supported; allowed "
                 f"values: {', '.join(map(repr, CACHE_IMPLEMENTATIONS))}"
             )
+        if compile and cache_implementation != "static":
+            raise ValueError(
+                "compile=True needs cache_implementation='static' (a compiled step needs the "
+                f"fixed shapes of a preallocated cache), got {cache_implementation!r}"
+            )
         self.cache_implementation: CacheImplementation = cache_implementation
+        #: Single-token decoding steps run through ``torch.compile``.
+        self.compile = compile
         aligned_tokenizer = aligned_tokenizer or base_tokenizer
         #: Same vocabulary: tokens are the shared currency (the fast path). Otherwise text is
         #: (cross-family pairs, see :mod:`baco_integrations.cross_family`).
@@ -434,6 +473,7 @@ class BacoEngine:
         trust_remote_code: bool = False,
         revision: str | None = None,
         cache_implementation: CacheImplementation = "dynamic",
+        compile: bool = False,
         **model_kwargs: Any,
     ) -> BacoEngine:
         """Load a (base, aligned) pair from hub ids, local directories or GGUF files.
@@ -441,7 +481,9 @@ class BacoEngine:
         ``device_map`` (e.g. ``"auto"``) shards with accelerate instead of moving to
         ``device``. ``dtype="auto"`` is bfloat16 on CUDA, float32 otherwise.
         ``cache_implementation="static"`` preallocates each model's KV cache for the prompt
-        plus ``max_new_tokens``.
+        plus ``max_new_tokens``; with it, ``compile=True`` runs single-token steps through
+        ``torch.compile`` (CUDA graphs on CUDA). The first call of a new batch or prompt shape
+        pays the compilation.
         """
         torch_dtype = resolve_dtype(dtype, device if device_map is None else "cuda")
         loaded: list[tuple[PreTrainedModel, PreTrainedTokenizerBase]] = []
@@ -464,6 +506,7 @@ class BacoEngine:
             base_tokenizer,
             aligned_tokenizer,
             cache_implementation=cache_implementation,
+            compile=compile,
         )
 
     # ----------------------------------------------------------------- prompts
@@ -689,10 +732,18 @@ class BacoEngine:
         samples = job.samples
         states: dict[Source, _ModelState] = {
             "base": _ModelState(
-                self.base_model, self.vocab_size, self.device, self.cache_implementation
+                self.base_model,
+                self.vocab_size,
+                self.device,
+                self.cache_implementation,
+                compiled=self.compile,
             ),
             "aligned": _ModelState(
-                self.aligned_model, self.vocab_size, self.device, self.cache_implementation
+                self.aligned_model,
+                self.vocab_size,
+                self.device,
+                self.cache_implementation,
+                compiled=self.compile,
             ),
         }
         generator = self._generator(settings.seed)

@@ -119,6 +119,9 @@ def bench(
                         max_new_tokens=tokens,
                         min_new_tokens=tokens,
                         pad_token_id=engine.pad_token_id,
+                        # the same kind of cache as BACO's (on CUDA, generate compiles its
+                        # steps with a static cache, as BACO does with --compile)
+                        cache_implementation=engine.cache_implementation,
                     )
                     return tokens
 
@@ -225,6 +228,11 @@ def main(argv: list[str] | None = None) -> None:
         help="BACO's KV cache: grown (dynamic) or preallocated (static)",
     )
     parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile BACO's single-token steps (needs --cache-implementation static)",
+    )
+    parser.add_argument(
         "--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)"
     )
     args = parser.parse_args(argv)
@@ -249,6 +257,7 @@ def main(argv: list[str] | None = None) -> None:
         device=args.device,
         dtype=args.dtype,
         cache_implementation=args.cache_implementation,
+        compile=args.compile,
     )
     params = sum(p.numel() for p in engine.aligned_model.parameters())
     rows = bench(engine, args.batch_sizes, args.lengths, args.repeats)
@@ -259,11 +268,13 @@ def main(argv: list[str] | None = None) -> None:
         "parameters_per_model": params,
         "torch_threads": torch.get_num_threads(),
         "cache_implementation": args.cache_implementation,
+        "compile": args.compile,
         "base": args.base,
         "aligned": args.aligned,
     }
     args.out.mkdir(parents=True, exist_ok=True)
     stem = "decode" if args.cache_implementation == "dynamic" else "decode-static"
+    stem += "-compiled" if args.compile else ""
     (args.out / f"{stem}.md").write_text(f"{json.dumps(meta)}\n\n{table}", encoding="utf-8")
     (args.out / f"{stem}.json").write_text(
         json.dumps({"meta": meta, "rows": [asdict(r) for r in rows]}, indent=2), encoding="utf-8"

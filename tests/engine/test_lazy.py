@@ -108,3 +108,37 @@ def test_unknown_cache_implementation_is_refused(tiny_pair) -> None:
         BacoEngine.from_pretrained(
             tiny_pair.base_dir, tiny_pair.aligned_dir, cache_implementation="paged"
         )
+
+
+def test_compiled_steps_give_the_eager_tokens(
+    tiny_pair, static_engine: BacoEngine, monkeypatch
+) -> None:
+    """compile=True runs single-token steps through torch.compile (catch-ups stay eager)."""
+    compiled = BacoEngine.from_pretrained(
+        tiny_pair.base_dir, tiny_pair.aligned_dir, cache_implementation="static", compile=True
+    )
+    calls: list[int] = []
+    for model in (compiled.base_model, compiled.aligned_model):
+        real = model.get_compiled_call
+
+        def counting(config, real=real):  # type: ignore[no-untyped-def]
+            step = real(config)
+
+            def call(**kwargs):  # type: ignore[no-untyped-def]
+                calls.append(kwargs["input_ids"].shape[1])
+                return step(**kwargs)
+
+            return call
+
+        monkeypatch.setattr(model, "get_compiled_call", counting)
+    kwargs = {"router": "random", "gamma": 0.5, "n": 2, "max_new_tokens": 10, "seed": 3}
+    eager = static_engine.generate(PROMPTS[:2], **kwargs)
+    out = compiled.generate(PROMPTS[:2], **kwargs)
+    assert [[o.token_ids for o in r] for r in out] == [[o.token_ids for o in r] for r in eager]
+    assert compiled.last_stats == static_engine.last_stats
+    assert calls and set(calls) == {1}  # only single-token steps are compiled
+
+
+def test_compile_needs_the_static_cache(tiny_pair) -> None:
+    with pytest.raises(ValueError, match=r"compile=True needs cache_implementation='static'"):
+        BacoEngine.from_pretrained(tiny_pair.base_dir, tiny_pair.aligned_dir, compile=True)
