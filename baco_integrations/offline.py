@@ -59,7 +59,7 @@ import subprocess
 import sys
 import tarfile
 import zipfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from importlib import metadata
 from pathlib import Path
@@ -194,17 +194,26 @@ def _write_manifest(directory: Path, name: str, size: int, sha256: str, source: 
         out.write(data)
 
 
+def _claim_temp(target: Path, create: Callable[[Path], object]) -> Path:
+    """A fresh ``.<name>.<pid>.<random>.tmp`` beside ``target`` (same filesystem), made by
+    ``create``, which must fail with ``FileExistsError`` when the name is taken."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        temp = target.with_name(f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+        try:
+            create(temp)
+            return temp
+        except FileExistsError:
+            continue
+
+
 @contextlib.contextmanager
 def _temp_path(target: Path) -> Iterator[Path]:
     """A fresh temporary path beside ``target`` (same filesystem), removed unless renamed."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    while True:  # like tempfile.mkstemp, but with the umask's permissions rather than 0600
-        temp = target.with_name(f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-        try:
-            os.close(os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
-            break
-        except FileExistsError:
-            continue
+    # like tempfile.mkstemp, but with the umask's permissions rather than 0600
+    temp = _claim_temp(
+        target, lambda path: os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+    )
     try:
         yield temp
     finally:
@@ -611,14 +620,7 @@ def _convert_gguf(gguf_dir: Path, gguf_file: str, out_dir: Path) -> None:
 @contextlib.contextmanager
 def _temp_dir(target: Path) -> Iterator[Path]:
     """A fresh empty folder beside ``target``, removed (with its contents) unless renamed."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    while True:
-        temp = target.with_name(f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-        try:
-            temp.mkdir()
-            break
-        except FileExistsError:
-            continue
+    temp = _claim_temp(target, Path.mkdir)
     try:
         yield temp
     finally:
