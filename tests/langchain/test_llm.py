@@ -354,3 +354,28 @@ def test_configurable_fields(engine: BacoEngine) -> None:
         sweepable.invoke("hi", config={"configurable": {"gamma": gamma}, "callbacks": [recorder]})
     fractions = [r.generations[0][0].generation_info["base_fraction"] for r in recorder.results]
     assert fractions == [0.0, 1.0]
+
+
+def test_a_cross_family_pair_works_through_the_adapter(tiny_cross_pair) -> None:
+    """Models whose tokenizers differ: ids, sources, stops and streaming as for one family."""
+    llm = BacoLLM.from_model_ids(
+        tiny_cross_pair.base_dir,
+        tiny_cross_pair.aligned_dir,
+        router="P-PUNC",
+        gamma=0.5,
+        max_new_tokens=16,
+        seed=4,
+    )
+    assert not llm.engine.shares_tokenizer
+    (generation,) = llm.generate(["Ideas for a party"]).generations[0]
+    info = generation.generation_info
+    assert len(info["token_ids"]) == len(info["sources"]) == info["num_tokens"]
+    decoded = llm.engine.aligned_tokenizer.decode(
+        info["token_ids"], skip_special_tokens=True, clean_up_tokenization_spaces=False
+    )
+    assert decoded == generation.text
+    assert "".join(llm.stream("Ideas for a party")) == generation.text
+    assert len(generation.text) > 4, generation.text
+    stop = generation.text[2:4]  # a stop string cuts the text before it
+    cut = llm.invoke("Ideas for a party", stop=[stop])
+    assert cut == generation.text[: generation.text.index(stop)]
