@@ -387,7 +387,9 @@ def decode_text(
     router reads are synced to the row's text and the router picks; an incoming model is
     synced too and draws a token that starts a new word. Draws run on ``[batch, widest
     vocab]`` whichever models ran, so lazy and lock-step decoding give the same tokens;
-    lock-step (``lazy=False``) syncs and runs both models at every boundary.
+    lock-step (``lazy=False``) syncs and runs both models at every boundary. A model that runs
+    for its own rows' proposals first syncs the other rows too, so each model runs at most
+    one forward per step.
     """
     settings, sampler, device = job.settings, job.sampler, job.device
     samples: list[TextSample] = job.samples  # type: ignore[assignment]
@@ -425,6 +427,14 @@ def decode_text(
         job.stats.steps += 1
         live = [r for r in range(rows) if active[r]]
         token: list[int] = [0] * rows
+        for source in SOURCES:
+            if any(writer[r] == source for r in live):
+                # This model runs now for its own rows' proposals: bring the other rows up to
+                # date in the same forward (a boundary syncs to the committed text, which this
+                # step's proposals do not change), so that a row reaching a boundary, or
+                # handed to this model, costs no second pass. Extra rows in a forward are
+                # cheap; another forward is not.
+                sync(source, [r for r in live if writer[r] not in (None, source)])
         if any(writer[r] is not None for r in live):
             proposals = torch.zeros((rows, width), device=device)
             for source in SOURCES:

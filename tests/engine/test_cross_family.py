@@ -88,6 +88,11 @@ def test_lazy_equals_lock_step(cross_engine: BacoEngine, router: str) -> None:
         lazy_stats.base_forward_passes + lazy_stats.aligned_forward_passes
         <= eager_stats.base_forward_passes + eager_stats.aligned_forward_passes
     )
+    # a boundary, or a row handed over, shares the step's forward: at most one per model per
+    # step (plus the prefill), however the rows' words fall
+    for stats in (lazy_stats, eager_stats):
+        assert stats.base_forward_passes <= stats.steps + 1
+        assert stats.aligned_forward_passes <= stats.steps + 1
 
 
 class _Recorder:
