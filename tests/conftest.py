@@ -37,3 +37,9 @@ def tiny_cross_pair(tmp_path_factory: pytest.TempPathFactory) -> TinyPair:
 def engine(tiny_pair: TinyPair) -> BacoEngine:
     """One engine on the default tiny pair, loaded through the real loading code."""
     return BacoEngine.from_pretrained(tiny_pair.base_dir, tiny_pair.aligned_dir)
+
+
+@pytest.fixture(scope="session")
+def cross_engine(tiny_cross_pair: TinyPair) -> BacoEngine:
+    """One engine on the cross-family tiny pair (its tokenizers differ)."""
+    return BacoEngine.from_pretrained(tiny_cross_pair.base_dir, tiny_cross_pair.aligned_dir)

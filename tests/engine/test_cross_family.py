@@ -11,11 +11,6 @@ from baco_integrations.cross_family import TextModelState, encode_text
 PROMPTS = ["Write a poem about the sea.", "Ideas for a coffee shop", "Why?"]
 
 
-@pytest.fixture(scope="module")
-def cross_engine(tiny_cross_pair) -> BacoEngine:
-    return BacoEngine.from_pretrained(tiny_cross_pair.base_dir, tiny_cross_pair.aligned_dir)
-
-
 def _decode(tokenizer, ids) -> str:
     return tokenizer.decode(list(ids), skip_special_tokens=True, clean_up_tokenization_spaces=False)
 

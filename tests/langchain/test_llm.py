@@ -356,16 +356,9 @@ def test_configurable_fields(engine: BacoEngine) -> None:
     assert fractions == [0.0, 1.0]
 
 
-def test_a_cross_family_pair_works_through_the_adapter(tiny_cross_pair) -> None:
+def test_a_cross_family_pair_works_through_the_adapter(cross_engine: BacoEngine) -> None:
     """Models whose tokenizers differ: ids, sources, stops and streaming as for one family."""
-    llm = BacoLLM.from_model_ids(
-        tiny_cross_pair.base_dir,
-        tiny_cross_pair.aligned_dir,
-        router="P-PUNC",
-        gamma=0.5,
-        max_new_tokens=16,
-        seed=4,
-    )
+    llm = BacoLLM(engine=cross_engine, router="P-PUNC", gamma=0.5, max_new_tokens=16, seed=4)
     assert not llm.engine.shares_tokenizer
     (generation,) = llm.generate(["Ideas for a party"]).generations[0]
     info = generation.generation_info

@@ -329,16 +329,9 @@ def test_closing_a_stream_early_stops_decoding(
     assert engine.last_stats.steps < llm.max_new_tokens
 
 
-def test_a_cross_family_pair_works_through_the_adapter(tiny_cross_pair: TinyPair) -> None:
+def test_a_cross_family_pair_works_through_the_adapter(cross_engine: BacoEngine) -> None:
     """Models whose tokenizers differ: complete, its stream and chat behave as for one family."""
-    llm = BacoLLM.from_model_ids(
-        tiny_cross_pair.base_dir,
-        tiny_cross_pair.aligned_dir,
-        router="P-PUNC",
-        gamma=0.5,
-        max_new_tokens=16,
-        seed=4,
-    )
+    llm = BacoLLM(engine=cross_engine, router="P-PUNC", gamma=0.5, max_new_tokens=16, seed=4)
     assert not llm.engine.shares_tokenizer
     response = llm.complete("Ideas for a party")
     check_response(response)
