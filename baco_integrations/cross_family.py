@@ -19,17 +19,17 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import torch
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
 from .config import Source
 from .detokenize import IncrementalDetokenizer
-from .model_calls import cache_argument
-from .outputs import BacoOutput, FinishReason
+from .model_calls import cache_argument, input_device, run_prompts
+from .outputs import FinishReason, SampleRecord
 from .routers import BOTH, NO_SOURCE, SOURCE_ALIGNED, SOURCE_BASE, RouterInputs, checked_choice
-from .stops import find_stop, streamable_length
+from .stops import find_stop
 from .vocab import VocabMasks
 
 if TYPE_CHECKING:
@@ -99,7 +99,7 @@ class TextModelState:
         self.tokenizer = tokenizer
         self.vocab_size = vocab_size
         self.decode_device = decode_device
-        self.device = model.get_input_embeddings().weight.device
+        self.device = input_device(model)
         self.cache: DynamicCache | None = None
         self.mask = torch.empty(0)
         self.slots = 0
@@ -119,22 +119,9 @@ class TextModelState:
     @torch.inference_mode()
     def prefill(self, prompts: Sequence[list[int]], n: int, pad_id: int, capacity: int) -> None:
         """Run the left-padded prompts once and share each prompt's cache with its n samples."""
-        width = max(len(p) for p in prompts)
-        ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(prompts), width), dtype=torch.long)
-        for row, prompt in enumerate(prompts):
-            ids[row, width - len(prompt) :] = torch.tensor(prompt, dtype=torch.long)
-            mask[row, width - len(prompt) :] = 1
-        ids, mask = ids.to(self.device), mask.to(self.device)
         self.cache = DynamicCache(config=self.model.config)
-        out = self.model(
-            input_ids=ids,
-            attention_mask=mask,
-            position_ids=(mask.cumsum(-1) - 1).clamp_min(0),
-            **{self.cache_argument: self.cache},
-            use_cache=True,
-            logits_to_keep=1,
-        )
+        mask, last_logits = run_prompts(self.model, prompts, pad_id, self.cache)
+        width = mask.shape[1]
         self.forward_passes += 1
         self.forward_tokens += int(mask.sum())
         if n > 1:
@@ -148,7 +135,7 @@ class TextModelState:
         self.cached_slots = [[] for _ in range(rows)]
         self.pending = [[] for _ in range(rows)]
         self.fresh = [True] * rows
-        logits = out.logits[:, -1, : self.vocab_size].float().repeat_interleave(n, dim=0)
+        logits = last_logits[:, : self.vocab_size].float().repeat_interleave(n, dim=0)
         self._logits = logits.to(self.decode_device)
 
     def view(self, row: int) -> list[int]:
@@ -258,23 +245,11 @@ class _Piece:
 
 
 @dataclass
-class TextSample:
-    """One sample's committed text, frozen into aligned-tokenizer pieces at word boundaries.
+class TextSample(SampleRecord):
+    """One sample's committed text, frozen into aligned-tokenizer pieces at word boundaries
+    (``token_ids``, ``sources`` and ``ends`` cover the frozen text)."""
 
-    Has the attributes the engine's streaming and output code reads from a same-tokenizer
-    sample (``token_ids``, ``sources``, ``ends``, ``text``, ``finish_reason``, ...).
-    """
-
-    prompt_index: int
-    sample_index: int
-    prompt_tokens: int
-    aligned_tokenizer: PreTrainedTokenizerBase
-    token_ids: list[int] = field(default_factory=list)
-    sources: list[Source] = field(default_factory=list)
-    ends: list[int] = field(default_factory=list)
-    text: str = ""
-    finish_reason: FinishReason | None = None
-    emitted_tokens: int = 0
+    aligned_tokenizer: PreTrainedTokenizerBase = field(kw_only=True)
     frozen: int = 0
     writer: Source | None = None
     pieces: list[_Piece] = field(default_factory=list)
@@ -316,23 +291,6 @@ class TextSample:
         self.text = self.text[:cut]
         self.finish("stop")
         return True
-
-    def safe_length(self, stops: Sequence[str] | None) -> int:
-        """How much text can be streamed: all but a suffix that may begin a stop string."""
-        if self.finish_reason is not None:
-            return len(self.text)
-        return streamable_length(self.text, stops)
-
-    def output(self) -> BacoOutput:
-        return BacoOutput(
-            text=self.text,
-            token_ids=tuple(self.token_ids),
-            sources=tuple(self.sources),
-            finish_reason=self.finish_reason or "length",
-            prompt_index=self.prompt_index,
-            sample_index=self.sample_index,
-            prompt_tokens=self.prompt_tokens,
-        )
 
 
 @dataclass
@@ -392,7 +350,7 @@ def decode_text(
     one forward per step.
     """
     settings, sampler, device = job.settings, job.sampler, job.device
-    samples: list[TextSample] = job.samples  # type: ignore[assignment]
+    samples = cast(list[TextSample], job.samples)
     rows = len(samples)
     width = max(state.vocab_size for state in states.values())
     stops = settings.stop

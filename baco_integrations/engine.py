@@ -16,7 +16,7 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any, Literal, cast, get_args
 
 import torch
 from transformers import (
@@ -33,12 +33,12 @@ from transformers import (
 from .config import GenerationSettings, Source
 from .cross_family import TextModelState, TextSample, decode_text
 from .detokenize import IncrementalDetokenizer
-from .model_calls import cache_argument
-from .outputs import BacoChunk, BacoOutput, FinishReason
+from .model_calls import cache_argument, input_device, run_prompts
+from .outputs import BacoChunk, BacoOutput, FinishReason, SampleRecord
 from .prompts import Prompt, aligned_ids, base_ids, is_conversation, normalize_prompts
 from .routers import NO_SOURCE, RouterInputs, build_router, checked_choice, router_needs
 from .sampling import Sampler
-from .stops import find_stop, streamable_length
+from .stops import find_stop
 from .vocab import VocabMasks, build_vocab_masks
 
 #: Special tokens that end an assistant turn in common chat templates.
@@ -74,10 +74,6 @@ def _eos_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, chat: b
 def _context_window(model: PreTrainedModel) -> int | None:
     window = getattr(model.config.get_text_config(), "max_position_embeddings", None)
     return int(window) if isinstance(window, int) and window > 0 else None
-
-
-def _input_device(model: PreTrainedModel) -> torch.device:
-    return model.get_input_embeddings().weight.device
 
 
 def resolve_dtype(dtype: str | torch.dtype, device: str | torch.device | None) -> torch.dtype:
@@ -148,7 +144,7 @@ class _ModelState:
         self.cache_argument = cache_argument(model)
         self.vocab_size = vocab_size
         self.decode_device = decode_device
-        self.device = _input_device(model)
+        self.device = input_device(model)
         self.cache_implementation = cache_implementation
         #: Single-token steps run through ``torch.compile`` (static cache only: fixed shapes).
         #: transformers keeps the compiled call on the model, so it is compiled once, not per
@@ -172,25 +168,11 @@ class _ModelState:
     ) -> None:
         """Run the left-padded prompts once and share each prompt's cache with its n samples."""
         width = max(len(p) for p in prompts)
-        ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(prompts), width), dtype=torch.long)
-        for row, prompt in enumerate(prompts):
-            ids[row, width - len(prompt) :] = torch.tensor(prompt, dtype=torch.long)
-            mask[row, width - len(prompt) :] = 1
-        ids, mask = ids.to(self.device), mask.to(self.device)
-        positions = (mask.cumsum(-1) - 1).clamp_min(0)
         if self.cache_implementation == "static":
             self.cache = StaticCache(config=self.model.config, max_cache_len=width + max_new_tokens)
         else:
             self.cache = DynamicCache(config=self.model.config)
-        out = self.model(
-            input_ids=ids,
-            attention_mask=mask,
-            position_ids=positions,
-            **{self.cache_argument: self.cache},
-            use_cache=True,
-            logits_to_keep=1,
-        )
+        mask, last_logits = run_prompts(self.model, prompts, pad_id, self.cache)
         self.forward_passes += 1
         self.forward_tokens += int(mask.sum())
         if n > 1:
@@ -204,8 +186,8 @@ class _ModelState:
         )
         self.mask[:, :width] = mask.repeat_interleave(n, dim=0)
         self.length = width
-        self.positions = positions[:, -1].repeat_interleave(n, dim=0) + 1
-        logits = out.logits[:, -1, : self.vocab_size].float().repeat_interleave(n, dim=0)
+        self.positions = mask.sum(-1).repeat_interleave(n, dim=0)  # each row's next position
+        logits = last_logits[:, : self.vocab_size].float().repeat_interleave(n, dim=0)
         self._logits = logits.to(self.decode_device)
 
     def push(self, tokens: torch.Tensor) -> None:
@@ -252,24 +234,15 @@ class _ModelState:
 
 
 @dataclass
-class _Sample:
-    """The growing text of one sample, its tokens and where each token's text ends.
+class _Sample(SampleRecord):
+    """A sample of a same-tokenizer pair: one token at a time.
 
     Text is decoded token by token only when ``incremental`` (streaming or stop strings);
     otherwise it is decoded once when the sample finishes.
     """
 
-    prompt_index: int
-    sample_index: int
-    prompt_tokens: int
-    detokenizer: IncrementalDetokenizer
-    incremental: bool = True
-    token_ids: list[int] = field(default_factory=list)
-    sources: list[Source] = field(default_factory=list)
-    ends: list[int] = field(default_factory=list)
-    text: str = ""
-    finish_reason: FinishReason | None = None
-    emitted_tokens: int = 0
+    detokenizer: IncrementalDetokenizer = field(kw_only=True)
+    incremental: bool = field(default=True, kw_only=True)
 
     def append(self, token_id: int, source: Source) -> str:
         self.token_ids.append(token_id)
@@ -302,23 +275,6 @@ class _Sample:
             self.ends[-1] = min(self.ends[-1], cut)
         self.finish_reason = "stop"
         return True
-
-    def safe_length(self, stops: Sequence[str] | None) -> int:
-        """How much text can be streamed: all but a suffix that may begin a stop string."""
-        if self.finish_reason is not None:
-            return len(self.text)
-        return streamable_length(self.text, stops)
-
-    def output(self) -> BacoOutput:
-        return BacoOutput(
-            text=self.text,
-            token_ids=tuple(self.token_ids),
-            sources=tuple(self.sources),
-            finish_reason=self.finish_reason or "length",
-            prompt_index=self.prompt_index,
-            sample_index=self.sample_index,
-            prompt_tokens=self.prompt_tokens,
-        )
 
 
 class DecodingCancelled(RuntimeError):
@@ -353,7 +309,7 @@ class _Job:
     router: Callable[[RouterInputs], torch.Tensor]
     sampler: Sampler
     max_steps: int
-    samples: list[_Sample]
+    samples: list[SampleRecord]  # _Sample, or TextSample for a cross-family pair
     vocab_size: int
     device: torch.device
     stats: DecodeStats = field(default_factory=DecodeStats)
@@ -421,7 +377,7 @@ class BacoEngine:
         self.aligned_model = aligned_model.eval()
         self.base_tokenizer = base_tokenizer
         self.aligned_tokenizer = aligned_tokenizer
-        self.device = _input_device(aligned_model)
+        self.device = input_device(aligned_model)
         base_vocab = min(base_model.get_output_embeddings().weight.shape[0], len(base_tokenizer))
         aligned_vocab = min(
             aligned_model.get_output_embeddings().weight.shape[0], len(aligned_tokenizer)
@@ -612,17 +568,19 @@ class BacoEngine:
                     f"{self.context_window} tokens"
                 )
             max_steps = min(max_steps, self.context_window - longest)
-        samples: list[Any] = [
+        samples: list[SampleRecord] = [
             (
                 _Sample(
                     i,
                     j,
                     len(aligned_prompt_ids[i]),
-                    IncrementalDetokenizer(self.aligned_tokenizer),
+                    detokenizer=IncrementalDetokenizer(self.aligned_tokenizer),
                     incremental=stream or bool(settings.stop),
                 )
                 if self.shares_tokenizer
-                else TextSample(i, j, len(aligned_prompt_ids[i]), self.aligned_tokenizer)
+                else TextSample(
+                    i, j, len(aligned_prompt_ids[i]), aligned_tokenizer=self.aligned_tokenizer
+                )
             )
             for i in range(len(batch))
             for j in range(settings.n)
@@ -729,7 +687,7 @@ class BacoEngine:
         settings = job.settings
         stops = settings.stop
         longest_stop = max(map(len, stops)) if stops else 0
-        samples = job.samples
+        samples = cast(list[_Sample], job.samples)
         states: dict[Source, _ModelState] = {
             "base": _ModelState(
                 self.base_model,
@@ -853,7 +811,7 @@ class BacoEngine:
                 decoding.close()
 
     @staticmethod
-    def _chunks(sample: _Sample, stops: Sequence[str] | None) -> Iterator[BacoChunk]:
+    def _chunks(sample: SampleRecord, stops: Sequence[str] | None) -> Iterator[BacoChunk]:
         """Chunks for the tokens of ``sample`` whose text is now safe to show.
 
         A token with no text of its own yet (half a character) joins the next chunk.
