@@ -149,9 +149,8 @@ class _ModelState:
         #: Single-token steps run through ``torch.compile`` (static cache only: fixed shapes).
         #: transformers keeps the compiled call on the model, so it is compiled once, not per
         #: decoding call; prefill and multi-token catch-ups stay eager, as in ``generate``.
-        self.compiled = compiled
-        self.step_call: Callable[..., Any] = (
-            model.get_compiled_call(_compile_config(self.device)) if compiled else model.__call__
+        self.compiled_step: Callable[..., Any] | None = (
+            model.get_compiled_call(_compile_config(self.device)) if compiled else None
         )
         self.cache: Cache | None = None
         self.mask = torch.empty(0)
@@ -177,7 +176,7 @@ class _ModelState:
         self.forward_tokens += int(mask.sum())
         if n > 1:
             if isinstance(self.cache, StaticCache):
-                _repeat_static_cache(self.cache, n, mark_static=self.compiled)
+                _repeat_static_cache(self.cache, n, mark_static=self.compiled_step is not None)
             else:
                 self.cache.batch_repeat_interleave(n)
         # Preallocated so that each step slices instead of concatenating (no quadratic copies).
@@ -211,7 +210,8 @@ class _ModelState:
             static = self.cache_implementation == "static"
             # A static cache takes the whole preallocated mask (one shape for every step) and
             # says where to write; a dynamic cache grows with the mask.
-            call = self.step_call if count == 1 else self.model.__call__
+            step = self.compiled_step
+            call = step if step is not None and count == 1 else self.model
             extra = {"cache_position": offsets + (self.length - count)} if static else {}
             out = call(
                 input_ids=ids,
@@ -227,7 +227,7 @@ class _ModelState:
             self.forward_passes += 1
             self.forward_tokens += count * int(ids.shape[0])
             logits = out.logits[:, -1, : self.vocab_size].float()
-            if call is not self.model.__call__:  # CUDA graphs reuse their output buffers
+            if call is not self.model:  # CUDA graphs reuse their output buffers
                 logits = logits.clone()
             self._logits = logits.to(self.decode_device)
         return self._logits
