@@ -327,8 +327,8 @@ def _pad_scores(scores: torch.Tensor, width: int) -> torch.Tensor:
     return torch.nn.functional.pad(scores, (0, width - scores.shape[1]), value=float("-inf"))
 
 
-def _continues_word(masks: VocabMasks, token: int) -> bool:
-    return token < masks.vocab_size and bool(masks.continuation[token])
+def _continues_word(continuation: torch.Tensor, token: int) -> bool:
+    return token < continuation.shape[0] and bool(continuation[token])
 
 
 def decode_text(
@@ -363,6 +363,8 @@ def decode_text(
     for source in SOURCES:  # continuation tokens, padded to the common width
         blocked[source] = torch.zeros(width, dtype=torch.bool, device=device)
         blocked[source][: masks[source].vocab_size] = masks[source].continuation
+    # Looked up per row and token on the host: one copy per call, not a device read per token.
+    continuation = {source: masks[source].continuation.cpu() for source in SOURCES}
 
     def sync(source: Source, targets: Sequence[int]) -> None:
         state = states[source]
@@ -402,7 +404,9 @@ def decode_text(
             token = sampler.draw(proposals, generator).tolist()
         chosen: list[Source | None] = list(writer)
         at_boundary = [
-            r for r in live if (w := writer[r]) is None or not _continues_word(masks[w], token[r])
+            r
+            for r in live
+            if (w := writer[r]) is None or not _continues_word(continuation[w], token[r])
         ]
         switched: set[int] = set()
         if at_boundary:
@@ -479,7 +483,7 @@ def decode_text(
             states[source].append(r, token[r])
             delta = writers.push(r, token[r])
             samples[r].write(
-                delta, source, starts_word=not _continues_word(masks[source], token[r])
+                delta, source, starts_word=not _continues_word(continuation[source], token[r])
             )
             if stops and samples[r].check_stop(stops, longest_stop, delta):
                 active[r] = False
