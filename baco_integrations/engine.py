@@ -15,13 +15,10 @@ import os
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal, cast, get_args
 
 import torch
 from transformers import (
-    AutoModelForCausalLM,
-    AutoTokenizer,
     Cache,
     CompileConfig,
     DynamicCache,
@@ -33,6 +30,7 @@ from transformers import (
 from .config import GenerationSettings, Source
 from .cross_family import TextModelState, TextSample, decode_text
 from .detokenize import IncrementalDetokenizer
+from .loading import load_causal_lm
 from .model_calls import cache_argument, input_device, run_prompts
 from .outputs import BacoChunk, BacoOutput, FinishReason, SampleRecord
 from .prompts import Prompt, aligned_ids, base_ids, is_conversation, normalize_prompts
@@ -76,22 +74,6 @@ def _context_window(model: PreTrainedModel) -> int | None:
     return int(window) if isinstance(window, int) and window > 0 else None
 
 
-def resolve_dtype(dtype: str | torch.dtype, device: str | torch.device | None) -> torch.dtype:
-    """``"auto"`` is bfloat16 on CUDA and float32 elsewhere; names map to ``torch`` dtypes."""
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    if dtype == "auto":
-        on_cuda = device is not None and str(device).startswith("cuda")
-        return torch.bfloat16 if on_cuda else torch.float32
-    resolved = getattr(torch, str(dtype), None)
-    if not isinstance(resolved, torch.dtype) or not resolved.is_floating_point:
-        raise ValueError(
-            f"dtype={dtype!r} is not a floating-point torch dtype; allowed values: 'auto', "
-            "'float32', 'bfloat16', 'float16' or a torch.dtype"
-        )
-    return resolved
-
-
 def _repeat_static_cache(cache: StaticCache, repeats: int, mark_static: bool = False) -> None:
     """``batch_repeat_interleave`` for a filled ``StaticCache`` (transformers only has it for
     dynamic layers), so that n samples share one prefill here too."""
@@ -113,14 +95,6 @@ def _compile_config(device: torch.device) -> CompileConfig:
         dynamic=None,
         mode="reduce-overhead" if device.type == "cuda" else "default",
     )
-
-
-def _split_gguf(path: str | os.PathLike[str], gguf_file: str | None) -> tuple[str, str | None]:
-    """Let a user pass a ``.gguf`` file path directly instead of (directory, file name)."""
-    text = os.fspath(path)
-    if gguf_file is None and text.endswith(".gguf") and Path(text).is_file():
-        return str(Path(text).parent), Path(text).name
-    return text, gguf_file
 
 
 class _ModelState:
@@ -441,20 +415,19 @@ class BacoEngine:
         ``torch.compile`` (CUDA graphs on CUDA). The first call of a new batch or prompt shape
         pays the compilation.
         """
-        torch_dtype = resolve_dtype(dtype, device if device_map is None else "cuda")
-        loaded: list[tuple[PreTrainedModel, PreTrainedTokenizerBase]] = []
-        for path, gguf_file in ((base, base_gguf_file), (aligned, aligned_gguf_file)):
-            location, gguf = _split_gguf(path, gguf_file)
-            common: dict[str, Any] = {"trust_remote_code": trust_remote_code, "revision": revision}
-            if gguf is not None:
-                common["gguf_file"] = gguf
-            tokenizer = AutoTokenizer.from_pretrained(location, **common)
-            model = AutoModelForCausalLM.from_pretrained(
-                location, dtype=torch_dtype, device_map=device_map, **common, **model_kwargs
+        loaded = [
+            load_causal_lm(
+                path,
+                gguf_file=gguf_file,
+                device=device,
+                dtype=dtype,
+                device_map=device_map,
+                trust_remote_code=trust_remote_code,
+                revision=revision,
+                **model_kwargs,
             )
-            if device_map is None and device is not None:
-                model = model.to(device)
-            loaded.append((model, tokenizer))
+            for path, gguf_file in ((base, base_gguf_file), (aligned, aligned_gguf_file))
+        ]
         (base_model, base_tokenizer), (aligned_model, aligned_tokenizer) = loaded
         return cls(
             base_model,

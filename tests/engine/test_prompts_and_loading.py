@@ -9,7 +9,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from baco_integrations import BacoEngine, GenerationSettings, RouterConfig
-from baco_integrations.engine import resolve_dtype
+from baco_integrations.loading import resolve_dtype
 from baco_integrations.model_calls import cache_argument
 
 
