@@ -8,16 +8,19 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     ValidationError,
     field_validator,
     model_validator,
 )
+
+from .prompts import check_text, template_fields
 
 Source = Literal["base", "aligned"]
 Gate = Literal["base", "aligned"]
@@ -55,6 +58,27 @@ _PROBABILITY_GAMMA = {"random", "P", "P-PUNC", "P-FC", "nudging"}
 
 DEFAULT_BASE_TEMPLATE = "{prompt}\n"
 
+#: Temperatures below this (but above 0) decode greedily, exactly as ``temperature=0``:
+#: dividing float32 logits by a smaller number overflows them to inf/NaN, and the result would
+#: be argmax-like anyway.
+MIN_TEMPERATURE = 1e-5
+
+#: ``seed`` is a 64-bit unsigned integer (what ``torch.Generator.manual_seed`` stores).
+MAX_SEED = 2**64 - 1
+
+
+def _number(value: object) -> object:
+    """Refuse booleans and strings where a number is expected (pydantic would coerce
+    ``True`` to 1 and ``"2"`` to 2); other numbers (numpy's included) go on to pydantic."""
+    if isinstance(value, bool | str | bytes):
+        raise ValueError(f"expected a number, got {type(value).__name__} {value!r:.40}")
+    return value
+
+
+#: An int or a float field that takes numbers only (see :func:`_number`).
+Int = Annotated[int, BeforeValidator(_number)]
+Float = Annotated[float, BeforeValidator(_number)]
+
 
 def canonical_router_name(name: str) -> str:
     """Map a case-insensitive router name to its canonical spelling, or raise ``ValueError``."""
@@ -80,7 +104,7 @@ class RouterConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
 
     strategy: str | Callable[..., Any] = "P-PUNC"
-    gamma: float | None = None
+    gamma: Float | None = None
     gate: Gate = "base"
 
     @field_validator("strategy", mode="before")
@@ -140,19 +164,51 @@ class GenerationSettings(BaseModel):
     router: str | RouterConfig | Callable[..., Any] = Field(
         default="P-PUNC", description="Router name, RouterConfig or callable router."
     )
-    gamma: float | None = Field(default=None, description="Router threshold (see RouterConfig).")
+    gamma: Float | None = Field(default=None, description="Router threshold (see RouterConfig).")
     gate: Gate | None = Field(default=None, description="Model whose distribution P/H rules read.")
-    n: int = Field(default=1, ge=1, description="Samples per prompt.")
-    max_new_tokens: int = Field(default=128, ge=1, description="Most tokens generated per sample.")
-    temperature: float = Field(default=1.0, ge=0.0, description="0 means greedy decoding.")
-    top_p: float = Field(default=1.0, gt=0.0, le=1.0, description="Nucleus sampling mass.")
-    top_k: int = Field(default=0, ge=0, description="Keep the k most likely tokens; 0 disables.")
-    min_p: float = Field(default=0.0, ge=0.0, le=1.0, description="Min-p truncation; 0 disables.")
-    stop: list[str] | None = Field(default=None, description="Stop strings; output is cut before.")
-    seed: int | None = Field(default=None, description="Seed for reproducible sampling.")
+    n: Int = Field(
+        default=1,
+        ge=1,
+        description="Samples per prompt (at most the engine's EngineLimits.max_n, 256 by "
+        "default; prompts x n at most EngineLimits.max_rows).",
+    )
+    max_new_tokens: Int = Field(
+        default=128,
+        ge=1,
+        description="Most tokens generated per sample (at most the engine's "
+        "EngineLimits.max_new_tokens, 32768 by default; the context window also bounds it).",
+    )
+    temperature: Float = Field(
+        default=1.0,
+        ge=0.0,
+        allow_inf_nan=False,
+        description=f"0 means greedy decoding; so does any temperature below {MIN_TEMPERATURE} "
+        "(smaller ones would overflow the scaled logits).",
+    )
+    top_p: Float = Field(
+        default=1.0, gt=0.0, le=1.0, allow_inf_nan=False, description="Nucleus sampling mass."
+    )
+    top_k: Int = Field(default=0, ge=0, description="Keep the k most likely tokens; 0 disables.")
+    min_p: Float = Field(
+        default=0.0,
+        ge=0.0,
+        le=1.0,
+        allow_inf_nan=False,
+        description="Min-p truncation; 0 disables.",
+    )
+    stop: list[str] | None = Field(
+        default=None,
+        description="Stop strings; output is cut before. Total length at most the engine's "
+        "EngineLimits.max_stop_chars (10000 by default).",
+    )
+    seed: Int | None = Field(
+        default=None, description="Seed for reproducible sampling: an integer in [0, 2**64 - 1]."
+    )
     system_prompt: str | None = Field(default=None, description="System prompt (aligned model).")
     base_template: str = Field(
-        default=DEFAULT_BASE_TEMPLATE, description="Plain-text template for the base model."
+        default=DEFAULT_BASE_TEMPLATE,
+        description="Plain-text template for the base model: exactly the field '{prompt}' "
+        "(one or more times), other braces doubled ('{{', '}}').",
     )
     lazy: bool = Field(
         default=True,
@@ -167,23 +223,34 @@ class GenerationSettings(BaseModel):
         if isinstance(value, str):
             value = [value]
         if not isinstance(value, list | tuple) or not all(isinstance(s, str) for s in value):
-            raise ValueError("stop must be a string or a list of strings")
-        if any(s == "" for s in value):
-            raise ValueError("stop strings must be non-empty")
+            raise ValueError(
+                f"stop must be a string or a list of strings, got {type(value).__name__}"
+            )
+        for i, s in enumerate(value):
+            if s == "":
+                raise ValueError("stop strings must be non-empty")
+            check_text(s, f"stop[{i}]")
         return list(value) or None
+
+    @field_validator("seed")
+    @classmethod
+    def _check_seed(cls, value: int | None) -> int | None:
+        if value is not None and not 0 <= value <= MAX_SEED:
+            raise ValueError(
+                f"seed={value} is out of range: allowed values are integers in [0, 2**64 - 1]"
+            )
+        return value
+
+    @field_validator("system_prompt")
+    @classmethod
+    def _check_system_prompt(cls, value: str | None) -> str | None:
+        return None if value is None else check_text(value, "system_prompt")
 
     @field_validator("base_template")
     @classmethod
     def _check_template(cls, value: str) -> str:
-        if "{prompt}" not in value:
-            raise ValueError("base_template must contain the placeholder '{prompt}'")
-        try:
-            value.format(prompt="")
-        except (KeyError, IndexError, ValueError) as exc:
-            raise ValueError(
-                f"base_template may only use the placeholder '{{prompt}}' ({exc!r}); "
-                "write literal braces as '{{' and '}}'"
-            ) from exc
+        check_text(value, "base_template")
+        template_fields(value)  # exactly '{prompt}' fields, at least one
         return value
 
     @field_validator("router", mode="before")

@@ -13,7 +13,7 @@ from __future__ import annotations
 import functools
 import os
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, cast, get_args
 
@@ -30,10 +30,18 @@ from transformers import (
 from .config import GenerationSettings, Source
 from .cross_family import TextModelState, TextSample, decode_text
 from .detokenize import IncrementalDetokenizer
+from .limits import EngineLimits
 from .loading import load_causal_lm
 from .model_calls import cache_argument, input_device, run_prompts
 from .outputs import BacoChunk, BacoOutput, FinishReason, SampleRecord
-from .prompts import Prompt, aligned_ids, base_ids, is_conversation, normalize_prompts
+from .prompts import (
+    Prompt,
+    aligned_ids,
+    base_ids,
+    check_rendered,
+    is_conversation,
+    normalize_prompts,
+)
 from .routers import NO_SOURCE, RouterInputs, build_router, checked_choice, router_needs
 from .sampling import Sampler
 from .stops import find_stop
@@ -323,7 +331,14 @@ class BacoEngine:
         *,
         cache_implementation: CacheImplementation = "dynamic",
         compile: bool = False,
+        limits: EngineLimits | None = None,
     ) -> None:
+        if limits is not None and not isinstance(limits, EngineLimits):
+            raise ValueError(f"limits must be an EngineLimits, got {type(limits).__name__}")
+        #: Size caps of one call (samples, rows, prompt characters, max_new_tokens), checked
+        #: before any tokenization or allocation; see :class:`~baco_integrations.limits.
+        #: EngineLimits`.
+        self.limits = limits or EngineLimits()
         if cache_implementation not in CACHE_IMPLEMENTATIONS:
             raise ValueError(
                 f"cache_implementation={cache_implementation!r} is not supported; allowed "
@@ -404,6 +419,7 @@ class BacoEngine:
         revision: str | None = None,
         cache_implementation: CacheImplementation = "dynamic",
         compile: bool = False,
+        limits: EngineLimits | None = None,
         **model_kwargs: Any,
     ) -> BacoEngine:
         """Load a (base, aligned) pair from hub ids, local directories or GGUF files.
@@ -436,6 +452,7 @@ class BacoEngine:
             aligned_tokenizer,
             cache_implementation=cache_implementation,
             compile=compile,
+            limits=limits,
         )
 
     # ----------------------------------------------------------------- prompts
@@ -452,6 +469,7 @@ class BacoEngine:
             **({"base_template": base_template} if base_template is not None else {}),
         )
         (single,) = normalize_prompts([prompt])
+        self.limits.check_call([single], settings)
         return {
             "base": base_ids(self.base_tokenizer, single, settings.base_template),
             "aligned": aligned_ids(
@@ -473,25 +491,45 @@ class BacoEngine:
     # ----------------------------------------------------------------- public calls
 
     def resolve_settings(
-        self, settings: GenerationSettings | None = None, **overrides: Any
+        self, settings: GenerationSettings | Mapping[str, Any] | None = None, **overrides: Any
     ) -> GenerationSettings:
-        """Validate a call's settings: ``settings`` (or defaults) with ``overrides`` applied."""
-        base = settings if settings is not None else GenerationSettings()
+        """Validate a call's settings: ``settings`` (or defaults) with ``overrides`` applied.
+
+        ``settings`` is a :class:`GenerationSettings` or a mapping of setting names to values
+        (validated as one); anything else raises ``ValueError`` naming ``settings``.
+        """
+        if settings is None:
+            base = GenerationSettings()
+        elif isinstance(settings, GenerationSettings):
+            base = settings
+        elif isinstance(settings, Mapping):
+            base = GenerationSettings.model_validate(dict(settings))
+        else:
+            raise ValueError(
+                "settings must be a GenerationSettings or a mapping of setting names to "
+                f"values, got {type(settings).__name__}"
+            )
         return base.updated(**overrides) if overrides else base
 
     def generate(
         self,
         prompts: Prompt | Sequence[Prompt],
         *,
-        settings: GenerationSettings | None = None,
+        settings: GenerationSettings | Mapping[str, Any] | None = None,
         cancel: threading.Event | None = None,
         **overrides: Any,
     ) -> list[list[BacoOutput]]:
         """Decode ``n`` samples for each prompt; ``outputs[i][j]`` is sample j of prompt i.
 
-        Setting ``cancel`` from another thread stops decoding after the current step and
-        raises :class:`DecodingCancelled` (no partial result is returned).
+        Setting ``cancel`` (a :class:`threading.Event`, or any object with an ``is_set()``
+        method) from another thread stops decoding after the current step and raises
+        :class:`DecodingCancelled` (no partial result is returned).
         """
+        if cancel is not None and not callable(getattr(cancel, "is_set", None)):
+            raise ValueError(
+                "cancel must be a threading.Event (or have an is_set() method), got "
+                f"{type(cancel).__name__}"
+            )
         job = self._prepare(prompts, self.resolve_settings(settings, **overrides), stream=False)
         with self._lock:
             decoding = self._decode(job)
@@ -507,7 +545,7 @@ class BacoEngine:
         self,
         prompt: Prompt,
         *,
-        settings: GenerationSettings | None = None,
+        settings: GenerationSettings | Mapping[str, Any] | None = None,
         **overrides: Any,
     ) -> Iterator[BacoChunk]:
         """Stream one prompt's samples as text deltas, each tagged with its source model.
@@ -527,11 +565,15 @@ class BacoEngine:
 
     def _prepare(self, prompts: object, settings: GenerationSettings, stream: bool) -> _Job:
         batch = normalize_prompts(prompts)
+        self.limits.check_call(batch, settings)  # sizes, before tokenizing or allocating
+        router = build_router(settings.router_config())
+        router_needs(router)  # a malformed `needs` is refused now, not mid-decoding
         base_prompt_ids = [base_ids(self.base_tokenizer, p, settings.base_template) for p in batch]
         aligned_prompt_ids = [
             aligned_ids(self.aligned_tokenizer, p, settings.system_prompt, settings.base_template)
             for p in batch
         ]
+        check_rendered(base_prompt_ids, aligned_prompt_ids)
         longest = max(len(ids) for ids in base_prompt_ids + aligned_prompt_ids)
         max_steps = settings.max_new_tokens
         if self.context_window is not None:
@@ -563,7 +605,7 @@ class BacoEngine:
             prompts=batch,
             base_prompt_ids=base_prompt_ids,
             aligned_prompt_ids=aligned_prompt_ids,
-            router=build_router(settings.router_config()),
+            router=router,
             sampler=Sampler(settings.temperature, settings.top_k, settings.top_p, settings.min_p),
             max_steps=max_steps,
             samples=samples,
@@ -817,5 +859,6 @@ class BacoEngine:
                 sample_index=sample.sample_index,
                 finish_reason=sample.finish_reason,
                 prompt_tokens=sample.prompt_tokens,
+                output=sample.output(),  # consumers need not add the chunks up themselves
             )
             sample.emitted_tokens = len(sample.token_ids)

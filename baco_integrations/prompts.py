@@ -2,15 +2,82 @@
 
 from __future__ import annotations
 
+import re
+import string
 import warnings
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from transformers import PreTrainedTokenizerBase
+if TYPE_CHECKING:  # imported lazily: config.py uses the text checks before any model loads
+    from transformers import PreTrainedTokenizerBase
 
 #: A prompt is a plain string or a conversation: a list of ``{"role", "content"}`` messages.
 Message = Mapping[str, str]
 Prompt = str | Sequence[Message]
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def check_text(text: str, where: str) -> str:
+    """``text`` if it is valid Unicode, else a ``ValueError`` naming ``where``.
+
+    A Python string may hold lone surrogates (``"a\\ud800b"``, or the ``surrogateescape``
+    form of a non-UTF-8 command-line argument); no tokenizer can encode them. Checked by a
+    search, without copying the text.
+    """
+    if text.isascii():
+        return text
+    found = _SURROGATE.search(text)
+    if found is not None:
+        raise ValueError(
+            f"{where} is not valid Unicode: it holds the lone surrogate {found.group()!r} at "
+            f"index {found.start()} (text decoded with errors='surrogateescape' or a broken "
+            "UTF-16 pair); decode it properly or drop that character"
+        )
+    return text
+
+
+def template_fields(template: str) -> int:
+    """How many ``{prompt}`` fields ``template`` has; ``ValueError`` for anything else.
+
+    Parsed with :class:`string.Formatter`, so ``{{prompt}}`` (literal braces) is not a field.
+    Only the bare field is allowed: no other names, no positional ``{}``, no conversion or
+    format spec (``{prompt:>999999999}`` would build a huge string).
+    """
+    try:
+        parsed = list(string.Formatter().parse(template))
+    except ValueError as exc:
+        raise ValueError(
+            f"base_template={_preview(template)} is not a valid format string ({exc}); write "
+            "literal braces as '{{' and '}}'"
+        ) from exc
+    count = 0
+    for _, name, spec, conversion in parsed:
+        if name is None:
+            continue
+        if name != "prompt" or spec or conversion:
+            raw = (
+                "{"
+                + name
+                + (f"!{conversion}" if conversion else "")
+                + (f":{spec}" if spec else "")
+                + "}"
+            )
+            raise ValueError(
+                f"base_template may only use the field '{{prompt}}', found {raw!r}; write "
+                "literal braces as '{{' and '}}'"
+            )
+        count += 1
+    if count == 0:
+        raise ValueError(
+            f"base_template={_preview(template)} has no '{{prompt}}' field, so the base model "
+            "would never see the prompt ('{{prompt}}' is a literal, not a field)"
+        )
+    return count
+
+
+def _preview(text: str, limit: int = 60) -> str:
+    return repr(text if len(text) <= limit else text[:limit] + "...")
 
 
 def is_conversation(value: object) -> bool:
@@ -37,20 +104,51 @@ def normalize_prompts(prompts: object) -> list[Prompt]:
         raise ValueError("prompts is empty: pass at least one prompt")
     for i, prompt in enumerate(batch):
         if isinstance(prompt, str):
+            check_text(prompt, f"prompts[{i}]")
             continue
         if not is_conversation(prompt):
             raise ValueError(
                 f"prompts[{i}] must be a string or a list of {{'role','content'}} messages, "
                 f"got {type(prompt).__name__}"
             )
-        for message in prompt:
-            if not isinstance(message.get("role"), str) or not isinstance(
-                message.get("content"), str
-            ):
-                raise ValueError(
-                    f"prompts[{i}]: every message needs string 'role' and 'content' fields"
-                )
+        for k, message in enumerate(prompt):
+            for key in ("role", "content"):
+                value = message.get(key)
+                if not isinstance(value, str):
+                    raise ValueError(
+                        f"prompts[{i}][{k}]: every message needs string 'role' and 'content' "
+                        f"fields, got {key}={type(value).__name__}"
+                    )
+                check_text(value, f"prompts[{i}][{k}][{key!r}]")
     return batch
+
+
+#: Characters a transcript adds around each message ("User: ", "\n\n") and at its end.
+_TRANSCRIPT_OVERHEAD = 16
+
+
+def prompt_chars(prompt: Prompt, system_prompt: str | None, template: str) -> int:
+    """About how many characters of text ``prompt`` is for the longer of its two renderings.
+
+    Computed from lengths, without rendering: the base rendering (``template`` with the
+    prompt in each ``{prompt}`` field, or a transcript) and the aligned one (the messages and
+    the system prompt, before the chat template's own markup). Used to refuse a prompt
+    before it is tokenized.
+    """
+    fields = template_fields(template)
+    template_chars = len(template) - fields * len("{prompt}")
+    if isinstance(prompt, str):
+        base = template_chars + fields * len(prompt)
+        aligned = len(prompt)
+    else:
+        sizes = [len(m["role"]) + len(m["content"]) + _TRANSCRIPT_OVERHEAD for m in prompt]
+        turns = [m for m in prompt if m["role"] != "system"]
+        if len(turns) == 1 and turns[0]["role"] == "user":
+            base = template_chars + fields * len(turns[0]["content"])
+        else:
+            base = sum(sizes) + _TRANSCRIPT_OVERHEAD
+        aligned = sum(sizes)
+    return max(base, aligned + len(system_prompt or ""))
 
 
 def as_messages(prompt: Prompt, system_prompt: str | None) -> list[dict[str, str]]:
@@ -86,14 +184,25 @@ def base_text(prompt: Prompt, template: str) -> str:
 def aligned_ids(
     tokenizer: PreTrainedTokenizerBase, prompt: Prompt, system_prompt: str | None, template: str
 ) -> list[int]:
-    """Token ids of the aligned model's prompt: its chat template with a generation prompt."""
+    """Token ids of the aligned model's prompt: its chat template with a generation prompt.
+
+    A chat template that refuses the conversation (e.g. "roles must alternate") raises
+    ``ValueError`` with the template's message.
+    """
     if getattr(tokenizer, "chat_template", None):
-        encoded = tokenizer.apply_chat_template(
-            as_messages(prompt, system_prompt),
-            add_generation_prompt=True,
-            tokenize=True,
-            return_dict=True,
-        )
+        from jinja2 import TemplateError
+
+        try:
+            encoded = tokenizer.apply_chat_template(
+                as_messages(prompt, system_prompt),
+                add_generation_prompt=True,
+                tokenize=True,
+                return_dict=True,
+            )
+        except TemplateError as exc:
+            raise ValueError(
+                f"prompts: the aligned model's chat template refused this conversation: {exc}"
+            ) from exc
         return list(encoded["input_ids"])
     warnings.warn(
         "the aligned tokenizer has no chat template; rendering its prompt with base_template",
@@ -108,3 +217,16 @@ def aligned_ids(
 def base_ids(tokenizer: PreTrainedTokenizerBase, prompt: Prompt, template: str) -> list[int]:
     """Token ids of the base model's prompt (with its BOS token when it uses one)."""
     return list(tokenizer(base_text(prompt, template), add_special_tokens=True)["input_ids"])
+
+
+def check_rendered(base: Sequence[Sequence[int]], aligned: Sequence[Sequence[int]]) -> None:
+    """Refuse a prompt that renders to no tokens for a model: a model cannot continue nothing
+    (an empty prompt through the template ``"{prompt}"``, with a tokenizer that adds no BOS)."""
+    for i, (base_prompt, aligned_prompt) in enumerate(zip(base, aligned, strict=True)):
+        for source, ids in (("base", base_prompt), ("aligned", aligned_prompt)):
+            if not ids:
+                raise ValueError(
+                    f"prompts[{i}] renders to no tokens for the {source} model (an empty prompt "
+                    "and a tokenizer that adds no BOS token): give the model some text to "
+                    "continue, e.g. keep the default base_template '{prompt}\\n'"
+                )

@@ -46,8 +46,9 @@ class RouterInputs:
     def probs(self, source: Source) -> torch.Tensor:
         probs = self.base_probs if source == "base" else self.aligned_probs
         if probs is None:
-            raise RuntimeError(
-                f"the router read the {source} distribution without declaring it in `needs`"
+            raise ValueError(
+                f"router read the {source} distribution without declaring it in its `needs` "
+                f"(e.g. needs = frozenset({{{source!r}}}); a router without `needs` reads both)"
             )
         return probs
 
@@ -71,8 +72,28 @@ BOTH: frozenset[Source] = frozenset({"base", "aligned"})
 
 
 def router_needs(router: Callable[[RouterInputs], torch.Tensor]) -> frozenset[Source]:
-    """The distributions ``router`` reads; a router that does not say is assumed to read both."""
-    return frozenset(getattr(router, "needs", BOTH))
+    """The distributions ``router`` reads; a router that does not say is assumed to read both.
+
+    ``needs`` is a collection of source names (``"base"``, ``"aligned"``); a single name as a
+    string means that source alone. Anything else raises ``ValueError`` naming ``router``.
+    """
+    needs = getattr(router, "needs", BOTH)
+    if isinstance(needs, str):
+        needs = (needs,)  # one source, not its characters
+    try:
+        names = frozenset(needs)
+    except TypeError:
+        raise ValueError(
+            "router.needs must be a collection of source names ('base', 'aligned'), got "
+            f"{type(needs).__name__}"
+        ) from None
+    unknown = names - BOTH
+    if unknown:
+        raise ValueError(
+            f"router.needs names unknown source(s) {sorted(map(repr, unknown))}; allowed "
+            "values: 'base', 'aligned'"
+        )
+    return names  # type: ignore[return-value]
 
 
 class ConstantRouter:
@@ -184,13 +205,28 @@ class NudgingRouter:
 
 
 def checked_choice(want_base: object, prev_sources: torch.Tensor) -> torch.Tensor:
-    """A router's answer as a boolean tensor ``[batch]``, or a clear error."""
-    if not isinstance(want_base, torch.Tensor) or want_base.shape != prev_sources.shape:
+    """A router's answer as a boolean tensor ``[batch]``, or a ``ValueError`` naming ``router``.
+
+    Only ``torch.bool`` is accepted: a float or integer tensor (a probability, a NaN, a 0/1
+    that might be a source index) is refused rather than cast, since a cast would silently
+    send every non-zero value, NaN included, to the base model.
+    """
+    if not isinstance(want_base, torch.Tensor):
         raise ValueError(
             "router must return a boolean tensor of shape [batch] "
-            f"({prev_sources.shape[0]},), got {getattr(want_base, 'shape', type(want_base))}"
+            f"({prev_sources.shape[0]},), got {type(want_base).__name__}"
         )
-    return want_base.to(device=prev_sources.device, dtype=torch.bool)
+    if want_base.shape != prev_sources.shape:
+        raise ValueError(
+            "router must return a boolean tensor of shape [batch] "
+            f"({prev_sources.shape[0]},), got shape {tuple(want_base.shape)}"
+        )
+    if want_base.dtype != torch.bool:
+        raise ValueError(
+            f"router must return a boolean tensor (True = base), got dtype {want_base.dtype}; "
+            "compare explicitly, e.g. `probs < gamma`"
+        )
+    return want_base.to(device=prev_sources.device)
 
 
 def build_router(config: RouterConfig) -> Callable[[RouterInputs], torch.Tensor]:

@@ -10,6 +10,8 @@ from transformers import (
     TopPLogitsWarper,
 )
 
+from .config import MIN_TEMPERATURE
+
 
 class Sampler:
     """Temperature, then top-k / top-p / min-p (transformers' warper semantics), then a draw.
@@ -17,11 +19,15 @@ class Sampler:
     Temperature is applied separately (:meth:`temper`) because the routers read the tempered,
     untruncated distributions (ours; ALGORITHM.md, Sampling). Temperature 0 means greedy: the
     draw is an argmax and the routers read the plain softmax.
+
+    A temperature in (0, ``MIN_TEMPERATURE``) (1e-5) is greedy too, exactly as 0: dividing
+    float32 logits by it would overflow them to inf and NaN (garbage tokens), and a draw at
+    such a temperature is an argmax anyway.
     """
 
     def __init__(self, temperature: float, top_k: int, top_p: float, min_p: float) -> None:
-        self.temperature = temperature
-        self.greedy = temperature == 0.0
+        self.greedy = temperature < MIN_TEMPERATURE
+        self.temperature = 0.0 if self.greedy else temperature
         warpers = LogitsProcessorList()
         if not self.greedy:
             if top_k > 0:
