@@ -859,5 +859,6 @@ class BacoEngine:
                 sample_index=sample.sample_index,
                 finish_reason=sample.finish_reason,
                 prompt_tokens=sample.prompt_tokens,
+                output=sample.output(),  # consumers need not add the chunks up themselves
             )
             sample.emitted_tokens = len(sample.token_ids)

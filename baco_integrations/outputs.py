@@ -1,8 +1,8 @@
-"""What the engine returns: finished samples and streamed chunks."""
+"""What the engine returns: finished samples, streamed chunks, and the token usage of both."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -10,6 +10,13 @@ from .config import Source
 from .stops import streamable_length
 
 FinishReason = Literal["stop", "length"]
+
+
+def base_fraction(sources: Sequence[Source]) -> float:
+    """Share of ``sources`` that are ``"base"`` (0.0 when there are none)."""
+    if not sources:
+        return 0.0
+    return sum(source == "base" for source in sources) / len(sources)
 
 
 @dataclass(frozen=True)
@@ -32,9 +39,7 @@ class BacoOutput:
     @property
     def base_fraction(self) -> float:
         """Share of generated tokens that the base model wrote (0.0 for an empty output)."""
-        if not self.sources:
-            return 0.0
-        return sum(source == "base" for source in self.sources) / len(self.sources)
+        return base_fraction(self.sources)
 
     @property
     def num_tokens(self) -> int:
@@ -47,7 +52,8 @@ class BacoChunk:
 
     ``source`` is the model of the chunk's last token; ``sources`` has one entry per token id
     (a token that completed no character yet shares the next chunk). The last chunk of a
-    sample has ``finish_reason`` set (its text may be empty).
+    sample has ``finish_reason`` set (its text may be empty) and carries the finished sample as
+    ``output``, so that a consumer needs to add nothing up itself.
     """
 
     text: str
@@ -57,6 +63,69 @@ class BacoChunk:
     sample_index: int = 0
     finish_reason: FinishReason | None = None
     prompt_tokens: int = 0
+    output: BacoOutput | None = None
+
+
+@dataclass(frozen=True)
+class Usage:
+    """Token counts, as OpenAI-style APIs report them: the one definition the adapters share.
+
+    ``prompt_tokens`` counts each prompt once, however many samples it has: the ``n`` samples
+    of a prompt share one prefill. Prompt lengths are the aligned model's (what its chat
+    template or plain rendering made of the prompt); ``completion_tokens`` are the generated
+    ids of every sample (``BacoOutput.num_tokens``).
+    """
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+    @classmethod
+    def of(cls, outputs: Iterable[BacoOutput]) -> Usage:
+        """The usage of samples from ONE engine call (all of it, or any part of it).
+
+        A prompt is identified by ``BacoOutput.prompt_index``, its position in that call's list
+        of prompts, so samples of different calls must not be mixed here (their indices
+        collide): add the :class:`Usage` of each call instead (``usage + other``).
+        """
+        prompt_lengths: dict[int, int] = {}
+        completion = 0
+        for output in outputs:
+            known = prompt_lengths.setdefault(output.prompt_index, output.prompt_tokens)
+            if known != output.prompt_tokens:
+                raise ValueError(
+                    f"outputs of different engine calls: prompt_index {output.prompt_index} "
+                    f"has {known} and {output.prompt_tokens} prompt tokens; add the Usage of "
+                    "each call instead"
+                )
+            completion += output.num_tokens
+        return cls(prompt_tokens=sum(prompt_lengths.values()), completion_tokens=completion)
+
+    @classmethod
+    def from_dict(cls, counts: Mapping[str, int]) -> Usage:
+        """The inverse of :meth:`as_dict` (``total_tokens`` is derived, so it is not read)."""
+        return cls(
+            prompt_tokens=int(counts.get("prompt_tokens", 0)),
+            completion_tokens=int(counts.get("completion_tokens", 0)),
+        )
+
+    def as_dict(self) -> dict[str, int]:
+        """``{"prompt_tokens", "completion_tokens", "total_tokens"}``."""
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.total_tokens,
+        }
+
+    def __add__(self, other: Usage) -> Usage:
+        """The usage of two separate engine calls together."""
+        return Usage(
+            prompt_tokens=self.prompt_tokens + other.prompt_tokens,
+            completion_tokens=self.completion_tokens + other.completion_tokens,
+        )
 
 
 @dataclass
