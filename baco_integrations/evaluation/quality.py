@@ -10,17 +10,17 @@ from __future__ import annotations
 import os
 import warnings
 from collections.abc import Sequence
-from typing import Any
 
 import numpy as np
 import torch
 from transformers import (
-    AutoModelForCausalLM,
     AutoModelForSequenceClassification,
     AutoTokenizer,
     PreTrainedModel,
     PreTrainedTokenizerBase,
 )
+
+from ..loading import load_causal_lm, resolve_dtype
 
 #: Plain-text rendering of a pair when the reward tokenizer has no chat template.
 DEFAULT_REWARD_TEMPLATE = "{prompt}\n\n{response}"
@@ -36,27 +36,55 @@ def _check_pairs(prompts: Sequence[str], responses: Sequence[str]) -> None:
         raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
 
 
-def _load(
+def _adopt(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase | None,
+    device: str | torch.device | None,
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """An already-loaded model (moved to ``device`` if one is given) and its tokenizer."""
+    if tokenizer is None:
+        tokenizer = AutoTokenizer.from_pretrained(model.name_or_path)
+    if device is not None:
+        model = model.to(device)  # type: ignore[arg-type]  # transformers' stub for .to is off
+    return model.eval(), tokenizer
+
+
+def _load_judge(
     model_or_path: str | os.PathLike[str] | PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase | None,
-    auto_cls: Any,
     device: str | torch.device | None,
     dtype: torch.dtype | str | None,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """A causal LM judge: a loaded one, or one loaded from a directory, hub id or ``.gguf``
+    file by the package's one loader (:func:`~baco_integrations.loading.load_causal_lm`)."""
     if isinstance(model_or_path, PreTrainedModel):
-        model = model_or_path
-        if tokenizer is None:
-            tokenizer = AutoTokenizer.from_pretrained(model.name_or_path)
-        if device is not None:
-            model = model.to(device)
-    else:
-        if tokenizer is None:
-            tokenizer = AutoTokenizer.from_pretrained(model_or_path)
-        # float32 by default: scores are compared across methods, so no bf16 rounding noise.
-        model = auto_cls.from_pretrained(model_or_path, dtype=dtype or torch.float32)
-        model = model.to(device or "cpu")
-    model.eval()
-    return model, tokenizer
+        return _adopt(model_or_path, tokenizer, device)
+    # float32 by default: scores are compared across methods, so no bf16 rounding noise.
+    model, own_tokenizer = load_causal_lm(
+        model_or_path, device=device or "cpu", dtype=dtype or torch.float32
+    )
+    return model, tokenizer if tokenizer is not None else own_tokenizer
+
+
+def _load_reward_model(
+    model_or_path: str | os.PathLike[str] | PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase | None,
+    device: str | torch.device | None,
+    dtype: torch.dtype | str | None,
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """A sequence-classification reward model: a loaded one, or one loaded from a path.
+
+    ``load_causal_lm`` loads causal LMs only, so this class is loaded here; its dtype is
+    resolved as everywhere else (:func:`~baco_integrations.loading.resolve_dtype`).
+    """
+    if isinstance(model_or_path, PreTrainedModel):
+        return _adopt(model_or_path, tokenizer, device)
+    if tokenizer is None:
+        tokenizer = AutoTokenizer.from_pretrained(model_or_path)
+    model = AutoModelForSequenceClassification.from_pretrained(
+        model_or_path, dtype=resolve_dtype(dtype or torch.float32, device or "cpu")
+    )
+    return model.to(device or "cpu").eval(), tokenizer
 
 
 class RewardModelScorer:
@@ -74,7 +102,11 @@ class RewardModelScorer:
     batch_size
         Pairs per forward pass.
     dtype
-        Load dtype (``None``: float32). Ignored for a loaded model.
+        Load dtype: a ``torch.dtype``, a name (``"float32"``, ``"bfloat16"``...) or ``"auto"``
+        (bfloat16 on CUDA, float32 elsewhere), as
+        :func:`~baco_integrations.loading.resolve_dtype` reads it. ``None``: float32, so that
+        scores compared across methods carry no bf16 rounding noise. Ignored for a loaded
+        model.
     label_index
         Which logit is the reward. ``None`` requires ``num_labels == 1`` (a scalar reward head,
         the usual case); a model with several labels raises unless you choose one here
@@ -104,10 +136,10 @@ class RewardModelScorer:
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        self.model, self.tokenizer = _load(
-            model_id_or_path, tokenizer, AutoModelForSequenceClassification, device, dtype
-        )
+        self.model, self.tokenizer = _load_reward_model(model_id_or_path, tokenizer, device, dtype)
         num_labels = self.model.config.num_labels
+        if num_labels is None:
+            raise ValueError("the reward model's config sets no num_labels")
         if label_index is None:
             if num_labels != 1:
                 raise ValueError(
@@ -134,7 +166,7 @@ class RewardModelScorer:
                 {"role": "user", "content": prompt},
                 {"role": "assistant", "content": response},
             ]
-            return self.tokenizer.apply_chat_template(messages, tokenize=False)
+            return str(self.tokenizer.apply_chat_template(messages, tokenize=False))
         return self.template.format(prompt=prompt, response=response)
 
     @torch.inference_mode()
@@ -196,9 +228,7 @@ class LogProbScorer:
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        self.model, self.tokenizer = _load(
-            model_or_path, tokenizer, AutoModelForCausalLM, device, dtype
-        )
+        self.model, self.tokenizer = _load_judge(model_or_path, tokenizer, device, dtype)
         self.batch_size = batch_size
         self.prompt_template = prompt_template
 

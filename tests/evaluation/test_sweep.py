@@ -274,17 +274,37 @@ def test_resume_refuses_other_settings_and_no_resume_starts_over(
     assert all(s["num_tokens"] <= 7 for s in record)
 
 
+def stored_record(prompt_id: str = "1") -> dict[str, Any]:
+    """A minimal valid generation record: one batch of two samples."""
+    sample = {
+        "text": "hi there",
+        "num_tokens": 2,
+        "base_fraction": 0.5,
+        "finish_reason": "length",
+        "token_ids": [5, 6],
+        "sources": "ba",
+    }
+    return {
+        "method": "m",
+        "point": "p",
+        "prompt_id": prompt_id,
+        "prompt": "Say hi.",
+        "settings": {"n": 2, "router": "P-PUNC"},
+        "samples": [sample, {**sample, "text": "hello"}],
+    }
+
+
 def test_store_rejects_a_corrupt_line_in_the_middle(tmp_path: Path) -> None:
     path = tmp_path / GENERATIONS_FILE
-    good = json.dumps({"method": "m", "point": "p", "prompt_id": "1", "samples": []})
+    good = json.dumps(stored_record())
     path.write_text(f"{good}\nnot json\n{good}\n")
-    with pytest.raises(SweepError, match="line 2"):
+    with pytest.raises(SweepError, match=f"{path}, line 2: not valid JSON"):
         GenerationStore(path)
 
 
 def test_store_keeps_a_complete_last_line_without_newline(tmp_path: Path) -> None:
     path = tmp_path / GENERATIONS_FILE
-    record = {"method": "m", "point": "p", "prompt_id": "1", "samples": []}
+    record = stored_record()
     path.write_text(json.dumps(record))
     store = GenerationStore(path)
     assert ("m", "p", "1") in store
