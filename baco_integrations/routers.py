@@ -34,6 +34,10 @@ class RouterInputs:
     temperature 0 they are the plain softmax. In lazy mode a distribution that the router's
     ``needs`` does not name is ``None`` (its model did not run). ``prev_sources`` holds, per
     row, the source of the previous token: 1 base, 0 aligned, -1 none yet.
+
+    A router that flips coins should call :meth:`uniform`: it draws from each row's own
+    random numbers, so a seeded request routes the same whatever else shares its batch.
+    ``generator`` is the request's generator (seeded with the request), for other draws.
     """
 
     base_probs: torch.Tensor | None
@@ -42,6 +46,14 @@ class RouterInputs:
     step: int
     masks: VocabMasks
     generator: torch.Generator | None = None
+    #: Set by the engine: one U[0, 1) draw per row from the row's own random numbers.
+    draw_uniform: Callable[[], torch.Tensor] | None = None
+
+    def uniform(self) -> torch.Tensor:
+        """One U[0, 1) number per row, ``[batch]``."""
+        if self.draw_uniform is not None:
+            return self.draw_uniform()
+        return torch.rand(self.batch_size, generator=self.generator, device=self.device)
 
     def probs(self, source: Source) -> torch.Tensor:
         probs = self.base_probs if source == "base" else self.aligned_probs
@@ -119,8 +131,7 @@ class RandomRouter:
         self.gamma = gamma
 
     def __call__(self, inputs: RouterInputs) -> torch.Tensor:
-        draws = torch.rand(inputs.batch_size, generator=inputs.generator, device=inputs.device)
-        return draws < self.gamma
+        return inputs.uniform() < self.gamma
 
 
 class ProbabilityRouter:

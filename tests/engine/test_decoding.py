@@ -30,7 +30,7 @@ def test_single_model_router_matches_transformers_generate(engine: BacoEngine, s
         reference = _greedy_reference(model, ids, max_new_tokens=24)
         out = engine.generate(prompt, router=side, temperature=0, max_new_tokens=24)[0][0]
         # generate() keeps the EOS token (and pads after it); BACO outputs stop before it
-        ends = [i for i, t in enumerate(reference) if t in engine.eos_ids]
+        ends = [i for i, t in enumerate(reference) if t in engine.pair.aligned.eos_ids]
         expected = reference[: ends[0]] if ends else reference
         assert list(out.token_ids) == expected
         assert set(out.sources) <= {side}
@@ -144,7 +144,7 @@ def test_either_models_eos_ends_the_sample(tiny_pair, side: str) -> None:
 
 def test_aligned_end_of_turn_token_stops(engine: BacoEngine) -> None:
     im_end = engine.aligned_tokenizer.convert_tokens_to_ids("<|im_end|>")
-    assert im_end in engine.eos_ids
+    assert im_end in engine.pair.aligned.eos_ids
 
 
 def test_stream_matches_generate_and_tags_sources(engine: BacoEngine) -> None:

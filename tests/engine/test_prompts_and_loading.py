@@ -64,7 +64,7 @@ def test_from_pretrained_accepts_dtype_and_loaded_models(tiny_pair) -> None:
     aligned = AutoModelForCausalLM.from_pretrained(tiny_pair.aligned_dir)
     tok = AutoTokenizer.from_pretrained(tiny_pair.aligned_dir)
     preloaded = BacoEngine(base, aligned, tok, tok)
-    assert preloaded.vocab_size == len(tok)
+    assert preloaded.pair.aligned.vocab_size == len(tok)
 
 
 def test_resolve_dtype() -> None:
@@ -81,9 +81,9 @@ def test_tokenizer_sharing_is_detected(tiny_pair, tiny_cross_pair) -> None:
     same = BacoEngine.from_pretrained(tiny_pair.base_dir, tiny_pair.aligned_dir)
     cross = BacoEngine.from_pretrained(tiny_cross_pair.base_dir, tiny_cross_pair.aligned_dir)
     assert same.shares_tokenizer and not cross.shares_tokenizer
-    assert same.vocab_masks["base"] is same.vocab_masks["aligned"]
-    assert cross.vocab_masks["base"].vocab_size == 512
-    assert cross.vocab_masks["aligned"].vocab_size == 640
+    assert same.pair.base.masks is same.pair.aligned.masks
+    assert cross.pair.base.masks.vocab_size == 512
+    assert cross.pair.aligned.masks.vocab_size == 640
 
 
 @pytest.fixture

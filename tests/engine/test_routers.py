@@ -93,14 +93,14 @@ def test_random_router_rate() -> None:
 
 def _boundaries(engine: BacoEngine, token_ids: tuple[int, ...]) -> list[bool]:
     """Which positions of an output sit at a word boundary (the first always does)."""
-    continuation = engine.masks.continuation
+    continuation = engine.pair.aligned.masks.continuation
     return [i == 0 or not bool(continuation[t]) for i, t in enumerate(token_ids)]
 
 
 @pytest.mark.parametrize("router", ROUTER_NAMES)
 def test_no_word_is_split_between_models(engine: BacoEngine, router: str) -> None:
     outs = engine.generate(PROMPTS, router=router, n=3, max_new_tokens=40, seed=0)
-    continuation = engine.masks.continuation
+    continuation = engine.pair.aligned.masks.continuation
     checked = 0
     for row in outs:
         for out in row:
@@ -120,15 +120,18 @@ def test_engine_follows_the_router_at_every_boundary(
     gamma = {"H": 2.0, "H-FC": 2.0}.get(router, 0.5)
     recorder = spy(build_router(RouterConfig(strategy=router, gamma=gamma, gate=gate)))
     outs = engine.generate(PROMPTS[0], router=recorder, n=4, max_new_tokens=30, seed=1)
-    masks = engine.masks
+    masks = engine.pair.aligned.masks
     # the router is called only at steps where some row is at a word boundary
     calls = {inputs.step: i for i, inputs in enumerate(recorder.seen)}
+    # a finished sample leaves the batch: at each step the router sees the live ones, in order
+    steps_run = [o.num_tokens + (o.finish_reason == "stop") for o in outs[0]]
     saw_base = saw_aligned = False
-    for row, out in enumerate(outs[0]):
+    for sample, out in enumerate(outs[0]):
         for step, is_boundary in enumerate(_boundaries(engine, out.token_ids)):
             if not is_boundary and step not in calls:
                 continue
             inputs = recorder.seen[calls[step]]
+            row = [j for j, ran in enumerate(steps_run) if ran > step].index(sample)
             gate_probs = inputs.probs(
                 "aligned" if gate == "aligned" and router != "nudging" else "base"
             )
@@ -173,3 +176,94 @@ def test_higher_gamma_routes_more_to_base(engine: BacoEngine) -> None:
     low, mid, high = fraction(0.1), fraction(0.4), fraction(0.9)
     assert low <= mid <= high
     assert low < high
+
+
+# ----------------------------------------------------------------- malformed routers (issue 13)
+
+
+def _base_when_unsure(inputs: RouterInputs) -> torch.Tensor:
+    return inputs.probs("base").amax(dim=-1) < 0.5
+
+
+class _Declared:
+    """A router whose ``needs`` is set per test."""
+
+    def __init__(self, needs: object, answer=_base_when_unsure) -> None:  # type: ignore[no-untyped-def]
+        self.needs = needs
+        self.answer = answer
+        self.seen: list[RouterInputs] = []
+
+    def __call__(self, inputs: RouterInputs) -> torch.Tensor:
+        self.seen.append(inputs)
+        return self.answer(inputs)
+
+
+@pytest.mark.parametrize("engine_name", ["engine", "cross_engine"])
+def test_needs_as_one_source_name_means_that_source(
+    request: pytest.FixtureRequest, engine_name: str
+) -> None:
+    from baco_integrations.routers import router_needs
+
+    engine = request.getfixturevalue(engine_name)
+    as_string = _Declared("base")
+    as_set = _Declared(frozenset({"base"}))
+    a = engine.generate(PROMPTS, router=as_string, n=2, max_new_tokens=12, seed=4)
+    b = engine.generate(PROMPTS, router=as_set, n=2, max_new_tokens=12, seed=4)
+    assert [[o.token_ids for o in row] for row in a] == [[o.token_ids for o in row] for row in b]
+    assert as_string.seen and all(i.base_probs is not None for i in as_string.seen)
+    assert router_needs(as_string) == frozenset({"base"})  # not frozenset("base")
+
+
+@pytest.mark.parametrize(
+    ("needs", "match"),
+    [
+        ("a", r"router.needs names unknown source\(s\) \[\"'a'\"\]; allowed values: 'base'"),
+        ({"base", "judge"}, "unknown source.*'judge'"),
+        (5, "router.needs must be a collection of source names"),
+        (None, "router.needs must be a collection"),
+        ([["base"]], "router.needs must be a collection"),
+    ],
+)
+@pytest.mark.parametrize("engine_name", ["engine", "cross_engine"])
+def test_malformed_needs_is_refused_before_decoding(
+    request: pytest.FixtureRequest, engine_name: str, needs: object, match: str
+) -> None:
+    engine = request.getfixturevalue(engine_name)
+    router = _Declared(needs)
+    with pytest.raises(ValueError, match=match):
+        engine.generate("hi", router=router, max_new_tokens=4)
+    with pytest.raises(ValueError, match=match):
+        engine.stream("hi", router=router, max_new_tokens=4)  # at the call, not at next()
+    assert router.seen == []
+
+
+def _full(value: object, dtype: torch.dtype):  # type: ignore[no-untyped-def]
+    return lambda inputs: torch.full((inputs.batch_size,), value, dtype=dtype)
+
+
+@pytest.mark.parametrize(
+    ("answer", "match"),
+    [
+        (_full(float("nan"), torch.float32), "boolean tensor .*got dtype torch.float32"),
+        (_full(0.7, torch.float64), "got dtype torch.float64"),
+        (_full(1, torch.long), "got dtype torch.int64"),
+        (lambda inputs: [True] * inputs.batch_size, "boolean tensor of shape.*got list"),
+        (lambda inputs: torch.ones(inputs.batch_size, 1, dtype=torch.bool), "got shape"),
+        (lambda inputs: torch.tensor(True), r"got shape \(\)"),
+    ],
+)
+@pytest.mark.parametrize("engine_name", ["engine", "cross_engine"])
+def test_a_router_answer_that_is_not_a_bool_tensor_is_refused(
+    request: pytest.FixtureRequest, engine_name: str, answer, match: str
+) -> None:
+    engine = request.getfixturevalue(engine_name)
+    with pytest.raises(ValueError, match=f"router must return a .*{match}"):
+        engine.generate("hi", router=_Declared(frozenset(), answer), max_new_tokens=4)
+    assert engine.generate("hi", max_new_tokens=2)[0][0].finish_reason in ("stop", "length")
+
+
+def test_reading_an_undeclared_distribution_is_a_value_error_naming_router(
+    engine: BacoEngine,
+) -> None:
+    with pytest.raises(ValueError, match="router read the base distribution without declaring"):
+        engine.generate("hi", router=_Declared(frozenset({"aligned"})), max_new_tokens=4)

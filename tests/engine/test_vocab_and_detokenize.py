@@ -33,7 +33,7 @@ def test_classify_token(
 
 def test_engine_masks_follow_the_tokenizer(engine: BacoEngine) -> None:
     tok = engine.aligned_tokenizer
-    masks = engine.masks
+    masks = engine.pair.aligned.masks
     (the,) = tok(" the", add_special_tokens=False)["input_ids"]
     assert masks.word_start[the] and masks.function_word[the] and not masks.continuation[the]
     newline = tok("\n", add_special_tokens=False)["input_ids"][0]
@@ -43,7 +43,7 @@ def test_engine_masks_follow_the_tokenizer(engine: BacoEngine) -> None:
     # a token without a space marker that spells letters continues a word
     continuing = [i for t, i in tok.get_vocab().items() if t.isascii() and t.isalpha()]
     assert continuing and all(masks.continuation[i] for i in continuing)
-    assert masks.vocab_size == engine.vocab_size
+    assert masks.vocab_size == engine.pair.aligned.vocab_size
 
 
 def test_incremental_detokenizer_never_splits_characters(engine: BacoEngine) -> None:
@@ -69,7 +69,7 @@ def test_incremental_detokenizer_skips_special_tokens(engine: BacoEngine) -> Non
 def test_bytes_of_an_unfinished_character_continue_it(engine) -> None:
     """A byte-level piece inside a multi-byte character never starts a word, so a character
     is never split between the two models."""
-    tokenizer, masks = engine.aligned_tokenizer, engine.masks
+    tokenizer, masks = engine.aligned_tokenizer, engine.pair.aligned.masks
     ids = tokenizer(" 😀🎉", add_special_tokens=False)["input_ids"]
     pieces = [tokenizer.convert_tokens_to_string([tokenizer.convert_ids_to_tokens(i)]) for i in ids]
     partial = [i for i, text in zip(ids, pieces, strict=True) if text == "\ufffd"]

@@ -1,0 +1,156 @@
+"""The running batch: the rows of every live request, decoded together one step at a time.
+
+A row is one sample of one prompt of a request. Rows of a request are contiguous; a finished
+row leaves the batch at the end of its step (its caches are dropped at once), and a request
+leaves when its last row does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import cast
+
+import torch
+
+from .bridge import Bridge, TextBridge, TokenBridge
+from .pair import NO_SOURCE, Pair
+from .randomness import RowRandomness
+from .request import DecodeStats, Request
+from .samples import SampleRecord, TextSample, TokenSample
+from .step import Group, Step
+from .token_state import CacheImplementation
+
+
+class RunningBatch:
+    """Rows of the live requests, their caches (in the bridge) and who writes each row."""
+
+    def __init__(
+        self,
+        pair: Pair,
+        cache_implementation: CacheImplementation = "dynamic",
+        compiled: bool = False,
+    ) -> None:
+        self.pair = pair
+        self.bridge: Bridge = (
+            TokenBridge(pair, cache_implementation, compiled)
+            if pair.shares_tokenizer
+            else TextBridge(pair)
+        )
+        self.continuation = pair.continuation_table()
+        self.randomness = RowRandomness(pair.device)
+        self.requests: list[Request] = []
+        self.rows: list[SampleRecord] = []
+        self.row_requests: list[Request] = []
+        self.groups: list[Group] = []
+        #: The source of each row's previous token (NO_SOURCE before its first).
+        self.writers = torch.empty(0, dtype=torch.long, device=pair.device)
+        self.writers_host: list[int] = []
+        self._counters_at_join: dict[int, DecodeStats] = {}
+
+    @property
+    def empty(self) -> bool:
+        return not self.rows
+
+    def join(self, request: Request) -> None:
+        """Prefill ``request``'s prompts and add its rows."""
+        if self.rows:
+            raise RuntimeError("a request can only join an empty batch")
+        self._counters_at_join[id(request)] = self.bridge.counters()
+        self.bridge.prefill(request)
+        self.randomness.generators = request.seed_generators(self.pair.device)
+        if request.generator is None:
+            request.generator = self.randomness.shared
+        self.requests = [request]
+        self.rows = list(request.samples)
+        self.row_requests = [request] * len(self.rows)
+        self.writers = torch.full(
+            (len(self.rows),), NO_SOURCE, dtype=torch.long, device=self.pair.device
+        )
+        self.writers_host = [NO_SOURCE] * len(self.rows)
+        self._regroup()
+
+    def step(self) -> list[SampleRecord]:
+        """Decode one token for every row; returns the samples that changed."""
+        tokens, sources = Step(
+            self.pair,
+            self.bridge,
+            self.groups,
+            self.writers,
+            self.writers_host,
+            self.randomness,
+            self.continuation,
+        ).run()
+        sources_host = sources.tolist()
+        deltas = self.bridge.commit(self.rows, tokens.tolist(), sources_host, self.writers_host)
+        self.writers, self.writers_host = sources, sources_host
+        for request in self.requests:
+            request.steps += 1
+        changed = list(self.rows)
+        for sample, request, delta in zip(self.rows, self.row_requests, deltas, strict=True):
+            _settle(sample, request, delta)
+        keep = [r for r, sample in enumerate(self.rows) if not sample.finished]
+        if len(keep) < len(self.rows):
+            tokens = tokens[torch.tensor(keep, dtype=torch.long, device=tokens.device)]
+            self._keep(keep)
+        if self.rows:
+            lock_step = any(not r.settings.lazy for r in self.requests)
+            self.bridge.after_step(tokens, lock_step)
+        return changed
+
+    def remove(self, request: Request) -> None:
+        """Drop ``request``'s rows now (a cancelled or abandoned call)."""
+        self._keep([r for r, owner in enumerate(self.row_requests) if owner is not request])
+
+    def release(self) -> None:
+        """Free every cache (the batch is unusable afterwards)."""
+        self.bridge.release()
+        self.rows, self.row_requests, self.requests, self.groups = [], [], [], []
+
+    def _keep(self, keep: Sequence[int]) -> None:
+        """Keep only the rows ``keep``; requests left with no rows leave the batch."""
+        if not keep:
+            self._finish_requests(set())
+            self.release()
+            return
+        index = torch.tensor(keep, dtype=torch.long, device=self.pair.device)
+        self.bridge.select(index)
+        self.writers = self.writers[index]
+        self.writers_host = [self.writers_host[r] for r in keep]
+        self.randomness.generators = [self.randomness.generators[r] for r in keep]
+        self.rows = [self.rows[r] for r in keep]
+        self.row_requests = [self.row_requests[r] for r in keep]
+        self._finish_requests({id(r) for r in self.row_requests})
+        self._regroup()
+
+    def _finish_requests(self, live: set[int]) -> None:
+        counters = self.bridge.counters()
+        for request in self.requests:
+            if id(request) not in live:
+                request.stats = counters.minus(self._counters_at_join.pop(id(request)))
+                request.stats.steps = request.steps
+                request.done = True
+        self.requests = [r for r in self.requests if id(r) in live]
+
+    def _regroup(self) -> None:
+        self.groups = []
+        start = 0
+        for row in range(1, len(self.rows) + 1):
+            if row == len(self.rows) or self.row_requests[row] is not self.row_requests[start]:
+                self.groups.append(Group(self.row_requests[start], start, row))
+                start = row
+
+
+def _settle(sample: SampleRecord, request: Request, delta: str | None) -> None:
+    """After a token was committed: end the sample on EOS, a stop string or its limits."""
+    settings = request.settings
+    if delta is None:  # an end-of-sequence token
+        cast(TokenSample | TextSample, sample).finish("stop")
+        return
+    stops = settings.stop
+    if stops and cast(TokenSample | TextSample, sample).check_stop(
+        stops, request.longest_stop, delta
+    ):
+        return
+    typed = cast(TokenSample | TextSample, sample)
+    if request.steps >= request.max_steps or typed.num_tokens() >= settings.max_new_tokens:
+        typed.finish("length", limit=settings.max_new_tokens)

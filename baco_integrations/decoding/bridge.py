@@ -1,0 +1,218 @@
+"""How the two models share a row's text: the one thing that differs between a pair with a
+shared tokenizer and a cross-family pair.
+
+* :class:`TokenBridge`: one vocabulary, so committing a token pushes the same id to both
+  models, and every row of a model catches up in one tensorised forward.
+* :class:`TextBridge`: two vocabularies, so the writer appends its own tokens and the other
+  model re-tokenizes the committed text when it is next needed, keeping its KV cache up to the
+  longest common token prefix (transformers' assisted decoding across tokenizers re-encodes
+  the same way).
+
+Both give the step loop (:mod:`.step`) the same view: per source, next-token logits
+``[rows, width]`` that are up to date for the rows asked for, and a way to commit the chosen
+tokens to the samples and the caches.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+import torch
+
+from ..detokenize import IncrementalDetokenizer
+from .pair import BASE, SOURCE_IDS, Pair
+from .request import DecodeStats, Request
+from .samples import SampleRecord, TextSample, TokenSample
+from .text_state import TextModelState, encode_text
+from .token_state import CacheImplementation, TokenModelState
+
+#: Tokens of recent context a writer's detokenizer keeps after a switch (spacing rules of
+#: SentencePiece-style decoders look back only a token or two).
+_DETOKENIZER_CONTEXT = 6
+
+
+class Bridge(Protocol):
+    """What the step loop needs from the models, whichever kind of pair it decodes."""
+
+    #: Forwards run per source so far (a change means logits changed).
+    def version(self, source: int) -> int: ...
+
+    def prefill(self, request: Request) -> None: ...
+
+    def before_step(self, writers: Sequence[int]) -> None: ...
+
+    def logits(self, source: int, rows: Sequence[int]) -> torch.Tensor: ...
+
+    def commit(
+        self,
+        rows: Sequence[SampleRecord],
+        tokens: list[int],
+        sources: list[int],
+        writers: list[int],
+    ) -> list[str | None]: ...
+
+    def after_step(self, tokens: torch.Tensor, lock_step: bool) -> None: ...
+
+    def select(self, keep: torch.Tensor) -> None: ...
+
+    def release(self) -> None: ...
+
+    def counters(self) -> DecodeStats: ...
+
+
+def _counters(states: Sequence[TokenModelState | TextModelState]) -> DecodeStats:
+    stats = DecodeStats()
+    for source, state in zip(SOURCE_IDS, states, strict=True):
+        name = "base" if source == BASE else "aligned"
+        setattr(stats, f"{name}_forward_passes", state.forward_passes)
+        setattr(stats, f"{name}_forward_tokens", state.forward_tokens)
+        if isinstance(state, TextModelState):
+            setattr(stats, f"{name}_synced_tokens", state.synced_tokens)
+            setattr(stats, f"{name}_reused_tokens", state.reused_tokens)
+    return stats
+
+
+class TokenBridge:
+    """A shared tokenizer: tokens are the shared currency (the fast path)."""
+
+    def __init__(
+        self, pair: Pair, cache_implementation: CacheImplementation, compiled: bool
+    ) -> None:
+        self.pair = pair
+        self.states = tuple(
+            TokenModelState(member, pair.device, cache_implementation, compiled)
+            for member in pair.members
+        )
+
+    def version(self, source: int) -> int:
+        return self.states[source].forward_passes
+
+    def prefill(self, request: Request) -> None:
+        for state in self.states:
+            state.prefill(request.prompt_ids[state.member.source], request.n, request.max_steps)
+
+    def before_step(self, writers: Sequence[int]) -> None:
+        """Nothing to bring up to date: both models see every committed token."""
+
+    def logits(self, source: int, rows: Sequence[int]) -> torch.Tensor:
+        return self.states[source].logits()
+
+    def commit(
+        self,
+        rows: Sequence[SampleRecord],
+        tokens: list[int],
+        sources: list[int],
+        writers: list[int],
+    ) -> list[str | None]:
+        deltas: list[str | None] = []
+        for sample, token, source in zip(rows, tokens, sources, strict=True):
+            assert isinstance(sample, TokenSample)
+            eos = token in self.pair.members[source].eos_ids
+            deltas.append(None if eos else sample.append(token, source))
+        return deltas
+
+    def after_step(self, tokens: torch.Tensor, lock_step: bool) -> None:
+        for state in self.states:
+            state.push(tokens)
+            if lock_step:
+                state.logits()  # lock-step: every model runs every step
+
+    def select(self, keep: torch.Tensor) -> None:
+        for state in self.states:
+            state.select(keep)
+
+    def release(self) -> None:
+        for state in self.states:
+            state.release()
+
+    def counters(self) -> DecodeStats:
+        return _counters(self.states)
+
+
+class TextBridge:
+    """Different tokenizers: text is the shared currency (cross-family pairs)."""
+
+    def __init__(self, pair: Pair) -> None:
+        self.pair = pair
+        self.states = tuple(TextModelState(member, pair.device) for member in pair.members)
+        self.width = pair.width
+        self.writers: list[int] = []
+        self.samples: list[TextSample] = []
+        # Looked up per row and token on the host: one copy, not a device read per token.
+        self.continuation = [member.masks.continuation.cpu() for member in pair.members]
+
+    def version(self, source: int) -> int:
+        return self.states[source].forward_passes
+
+    def prefill(self, request: Request) -> None:
+        for state in self.states:
+            state.prefill(request.prompt_ids[state.member.source], request.n, request.max_steps)
+        self.samples = [s for s in request.samples if isinstance(s, TextSample)]
+
+    def _sync(self, source: int, rows: Sequence[int], writers: Sequence[int]) -> None:
+        state = self.states[source]
+        for row in rows:
+            if writers[row] != source:  # the writer's own tokens already spell the text
+                state.sync(row, encode_text(state.tokenizer, self.samples[row].text))
+
+    def before_step(self, writers: Sequence[int]) -> None:
+        """A model about to run for its own rows' proposals brings the other rows up to date in
+        the same forward: a boundary syncs to the committed text, which this step's proposals
+        do not change, so a row reaching a boundary, or handed to this model, costs no second
+        pass. Extra rows in a forward are cheap; another forward is not."""
+        self.writers = list(writers)
+        for source in SOURCE_IDS:
+            if source in writers:
+                self._sync(
+                    source, [r for r, w in enumerate(writers) if w not in (-1, source)], writers
+                )
+
+    def logits(self, source: int, rows: Sequence[int]) -> torch.Tensor:
+        self._sync(source, rows, self.writers)
+        logits = self.states[source].logits(rows)
+        if logits.shape[1] == self.width:
+            return logits
+        return torch.nn.functional.pad(
+            logits, (0, self.width - logits.shape[1]), value=float("-inf")
+        )
+
+    def commit(
+        self,
+        rows: Sequence[SampleRecord],
+        tokens: list[int],
+        sources: list[int],
+        writers: list[int],
+    ) -> list[str | None]:
+        deltas: list[str | None] = []
+        for row, (sample, token, source) in enumerate(zip(rows, tokens, sources, strict=True)):
+            assert isinstance(sample, TextSample)
+            state = self.states[source]
+            if source != writers[row]:
+                detokenizer = IncrementalDetokenizer(state.tokenizer)
+                detokenizer.seed(state.view(row)[-_DETOKENIZER_CONTEXT:])
+                sample.switch(source, detokenizer)
+            if token in self.pair.members[source].eos_ids:
+                deltas.append(None)
+                continue
+            state.append(row, token)
+            continues = token < len(self.continuation[source]) and bool(
+                self.continuation[source][token]
+            )
+            deltas.append(sample.append(token, starts_word=not continues))
+        return deltas
+
+    def after_step(self, tokens: torch.Tensor, lock_step: bool) -> None:
+        """Nothing to push: the writers appended their tokens, the others sync when needed."""
+
+    def select(self, keep: torch.Tensor) -> None:
+        for state in self.states:
+            state.select(keep)
+        self.samples = [self.samples[r] for r in keep.tolist()]
+
+    def release(self) -> None:
+        for state in self.states:
+            state.release()
+
+    def counters(self) -> DecodeStats:
+        return _counters(self.states)

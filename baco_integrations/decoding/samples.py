@@ -1,0 +1,230 @@
+"""What one sample accumulates while it is decoded: tokens, their sources, text.
+
+``TokenSample`` is a sample of a shared-tokenizer pair (one token at a time); ``TextSample``
+one of a cross-family pair, whose text is frozen into aligned-tokenizer pieces at word
+boundaries. Sources are source ids here and become names only in :meth:`SampleRecord.output`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from transformers import PreTrainedTokenizerBase
+
+from ..detokenize import IncrementalDetokenizer
+from ..outputs import BacoOutput, FinishReason
+from ..stops import find_stop, streamable_length
+from .pair import ALIGNED, SOURCE_NAMES, Pair
+from .text_state import encode_text, encode_with_ends
+
+if TYPE_CHECKING:
+    from .request import Request
+
+
+@dataclass
+class SampleRecord:
+    """What both kinds of sample share: ids and sources (one per id), where each id's text
+    ends, the text, how it finished, and how much of it was streamed."""
+
+    prompt_index: int
+    sample_index: int
+    prompt_tokens: int
+    token_ids: list[int] = field(default_factory=list)
+    sources: list[int] = field(default_factory=list)
+    ends: list[int] = field(default_factory=list)
+    text: str = ""
+    finish_reason: FinishReason | None = None
+    #: Tokens already streamed.
+    emitted_tokens: int = 0
+
+    @property
+    def finished(self) -> bool:
+        return self.finish_reason is not None
+
+    def safe_length(self, stops: Sequence[str] | None) -> int:
+        """How much text can be streamed: all but a suffix that may begin a stop string."""
+        if self.finish_reason is not None:
+            return len(self.text)
+        return streamable_length(self.text, stops)
+
+    def keep_tokens(self, limit: int) -> None:
+        """Keep at most ``limit`` ids, and the text they spell."""
+        if len(self.token_ids) <= limit:
+            return
+        del self.token_ids[limit:], self.sources[limit:]
+        if self.ends:
+            del self.ends[limit:]
+            # Ids at the cut that complete no character (half a multi-byte one) go too.
+            while len(self.ends) > 1 and self.ends[-1] == self.ends[-2]:
+                del self.token_ids[-1], self.sources[-1], self.ends[-1]
+            self.text = self.text[: self.ends[-1]] if self.ends else ""
+
+    def output(self) -> BacoOutput:
+        return BacoOutput(
+            text=self.text,
+            token_ids=tuple(self.token_ids),
+            sources=tuple(SOURCE_NAMES[s] for s in self.sources),
+            finish_reason=self.finish_reason or "length",
+            prompt_index=self.prompt_index,
+            sample_index=self.sample_index,
+            prompt_tokens=self.prompt_tokens,
+        )
+
+
+@dataclass
+class TokenSample(SampleRecord):
+    """A sample of a same-tokenizer pair: one token at a time.
+
+    Text is decoded token by token only when ``incremental`` (streaming or stop strings);
+    otherwise it is decoded once when the sample finishes.
+    """
+
+    detokenizer: IncrementalDetokenizer = field(kw_only=True)
+    incremental: bool = field(default=True, kw_only=True)
+
+    def num_tokens(self) -> int:
+        return len(self.token_ids)
+
+    def append(self, token_id: int, source: int) -> str:
+        self.token_ids.append(token_id)
+        self.sources.append(source)
+        if not self.incremental:
+            return ""
+        delta = self.detokenizer.push(token_id)
+        self.text += delta
+        self.ends.append(len(self.text))
+        return delta
+
+    def finish(self, reason: FinishReason, limit: int | None = None) -> None:
+        """Decode or flush the rest of the text; with ``limit``, keep at most that many ids."""
+        if limit is not None:
+            self.keep_tokens(limit)
+        if not self.incremental:
+            self.text = self.detokenizer.decode(self.token_ids)
+        elif tail := self.detokenizer.flush():
+            self.text += tail
+            self.ends[-1] = len(self.text)
+        self.finish_reason = reason
+
+    def check_stop(self, stops: Sequence[str], longest: int, delta: str) -> bool:
+        """Cut the text before the first stop string that ``delta`` completed."""
+        cut = find_stop(self.text, stops, longest, delta)
+        if cut is None:
+            return False
+        # keep the tokens whose text starts before the cut
+        keep = sum(1 for i in range(len(self.ends)) if (self.ends[i - 1] if i else 0) < cut)
+        del self.token_ids[keep:], self.sources[keep:], self.ends[keep:]
+        self.text = self.text[:cut]
+        if self.ends:
+            self.ends[-1] = min(self.ends[-1], cut)
+        self.finish_reason = "stop"
+        return True
+
+
+@dataclass
+class _Piece:
+    start: int  # first character in the sample's text
+    first_token: int  # index of its first aligned token
+    source: int
+
+
+@dataclass
+class TextSample(SampleRecord):
+    """One sample's committed text, frozen into aligned-tokenizer pieces at word boundaries
+    (``token_ids``, ``sources`` and ``ends`` cover the frozen text).
+
+    The writing model's detokenizer turns its tokens into text; a token that starts a word,
+    or a change of writer, freezes the text before it.
+    """
+
+    aligned_tokenizer: PreTrainedTokenizerBase = field(kw_only=True)
+    frozen: int = 0
+    writer: int | None = None
+    detokenizer: IncrementalDetokenizer | None = None
+    pieces: list[_Piece] = field(default_factory=list)
+
+    def switch(self, source: int, detokenizer: IncrementalDetokenizer) -> None:
+        """``source`` takes over, with a detokenizer that has seen its view of the text."""
+        self._flush_writer()
+        self._freeze(len(self.text))
+        self.writer, self.detokenizer = source, detokenizer
+
+    def append(self, token_id: int, starts_word: bool) -> str:
+        """The writer's next token; returns its text delta."""
+        assert self.detokenizer is not None and self.writer is not None
+        if starts_word:
+            self._freeze(len(self.text))
+        delta = self.detokenizer.push(token_id)
+        self.text += delta
+        return delta
+
+    def num_tokens(self) -> int:
+        """Aligned-tokenizer ids of the text so far (what the output reports)."""
+        return len(self.token_ids) + len(
+            encode_text(self.aligned_tokenizer, self.text[self.frozen :])
+        )
+
+    def _flush_writer(self) -> None:
+        if self.detokenizer is not None and (tail := self.detokenizer.flush()):
+            self.text += tail
+
+    def _freeze(self, upto: int) -> None:
+        if upto <= self.frozen or self.writer is None:
+            return
+        ids, ends = encode_with_ends(self.aligned_tokenizer, self.text[self.frozen : upto])
+        self.pieces.append(_Piece(self.frozen, len(self.token_ids), self.writer))
+        self.token_ids.extend(ids)
+        self.sources.extend([self.writer] * len(ids))
+        self.ends.extend(self.frozen + end for end in ends)
+        self.frozen = upto
+
+    def finish(self, reason: FinishReason, limit: int | None = None) -> None:
+        """Freeze the rest; with ``limit``, keep at most that many ids (and their text)."""
+        self._flush_writer()
+        self._freeze(len(self.text))
+        if limit is not None:
+            # Re-tokenizing can spell a word with more aligned ids than the writer's tokens:
+            # the user's limit is on the reported ids.
+            self.keep_tokens(limit)
+        self.finish_reason = reason
+
+    def check_stop(self, stops: Sequence[str], longest: int, delta: str) -> bool:
+        """Cut the text before the first stop string that ``delta`` completed."""
+        cut = find_stop(self.text, stops, longest, delta)
+        if cut is None:
+            return False
+        if cut < self.frozen:
+            # Unfreeze the pieces the cut reaches into; the rest is re-tokenized at finish.
+            while self.pieces and self.pieces[-1].start >= cut:
+                self.pieces.pop()
+            piece = self.pieces.pop()
+            del self.token_ids[piece.first_token :], self.sources[piece.first_token :]
+            del self.ends[piece.first_token :]
+            self.frozen, self.writer = piece.start, piece.source
+        self.text = self.text[:cut]
+        self.detokenizer = None  # the text is final: nothing held back may follow the cut
+        self.finish("stop")
+        return True
+
+
+def make_samples(pair: Pair, request: Request) -> list[SampleRecord]:
+    """The request's samples (prompt-major: sample j of prompt i is at ``i * n + j``), of the
+    kind the pair decodes."""
+    aligned = pair.aligned
+    incremental = request.streaming or bool(request.settings.stop)
+
+    def sample(i: int, j: int) -> SampleRecord:
+        prompt_tokens = len(request.prompt_ids[ALIGNED][i])
+        if pair.shares_tokenizer:
+            return TokenSample(
+                i,
+                j,
+                prompt_tokens,
+                detokenizer=IncrementalDetokenizer(aligned.tokenizer),
+                incremental=incremental,
+            )
+        return TextSample(i, j, prompt_tokens, aligned_tokenizer=aligned.tokenizer)
+
+    return [sample(i, j) for i in range(len(request.prompts)) for j in range(request.n)]

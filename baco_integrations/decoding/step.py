@@ -1,0 +1,206 @@
+"""One decoding step, written once for every pair (docs/algorithm.md, Word boundaries).
+
+For every row: the model that wrote the previous token proposes the next one; if it continues
+the current word it is taken. Otherwise the row is at a word boundary: its request's router
+picks the model for the next word, and a model that takes over draws a token that starts a new
+word (it may not continue the other model's word).
+
+Rows are grouped by request: each request's sampler, router and random numbers apply to its
+own rows, while each model runs at most once per step for all rows together (the bridge
+decides which rows need fresh logits). The draws do not depend on which models ran, so lazy
+and lock-step decoding give the same tokens.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from ..routers import RouterInputs, checked_choice
+from .bridge import Bridge
+from .pair import ALIGNED, BASE, NO_SOURCE, Pair
+from .randomness import RowRandomness
+from .request import Request
+
+
+@dataclass(frozen=True)
+class Group:
+    """The rows ``start:stop`` of the batch that belong to ``request``."""
+
+    request: Request
+    start: int
+    stop: int
+
+    @property
+    def slice(self) -> slice:
+        return slice(self.start, self.stop)
+
+    def rows(self, flags: Sequence[bool]) -> list[int]:
+        """Batch indices of this group's rows whose flag is set."""
+        return [r for r in range(self.start, self.stop) if flags[r]]
+
+
+class StepScores:
+    """A group's tempered and truncated scores per source, computed when first needed and
+    again only if the model ran since (a cross-family catch-up for more rows)."""
+
+    def __init__(self, bridge: Bridge) -> None:
+        self.bridge = bridge
+        self._cache: dict[tuple[int, int], tuple[int, torch.Tensor, torch.Tensor]] = {}
+
+    def _get(self, group: Group, source: int, rows: Sequence[int]) -> tuple[torch.Tensor, ...]:
+        logits = self.bridge.logits(source, rows)  # brings ``rows`` up to date
+        version = self.bridge.version(source)
+        key = (group.start, source)
+        cached = self._cache.get(key)
+        if cached is None or cached[0] != version:
+            sampler = group.request.sampler
+            tempered = sampler.temper(logits[group.slice])
+            cached = (version, tempered, sampler.truncate(tempered))
+            self._cache[key] = cached
+        return cached[1], cached[2]
+
+    def tempered(self, group: Group, source: int, rows: Sequence[int]) -> torch.Tensor:
+        return self._get(group, source, rows)[0]
+
+    def truncated(self, group: Group, source: int, rows: Sequence[int]) -> torch.Tensor:
+        return self._get(group, source, rows)[1]
+
+    def by_source(
+        self, group: Group, sources: torch.Tensor, rows: Sequence[int], host: Sequence[int]
+    ) -> torch.Tensor:
+        """Each row's truncated scores from the model ``sources`` names (``[group rows,
+        width]``); ``host`` is ``sources`` on the host, read only for ``rows``."""
+        needed = {host[r] for r in rows}
+        picked = {s: self.truncated(group, s, [r for r in rows if host[r] == s]) for s in needed}
+        if len(picked) == 1:
+            return next(iter(picked.values()))
+        return torch.where((sources == BASE)[:, None], picked[BASE], picked[ALIGNED])
+
+
+def _draw(
+    group: Group,
+    scores: torch.Tensor,
+    rows: Sequence[int],
+    randomness: RowRandomness,
+) -> torch.Tensor:
+    """A token for each of ``rows`` (batch indices in ``group``) from its row of ``scores``
+    (``[group rows, width]``): argmax when greedy, else an exponential race (gpt-fast):
+    argmax(p / E) with E ~ Exp(1) is an exact categorical draw with no host synchronisation."""
+    local = [r - group.start for r in rows]
+    picked = scores if len(local) == scores.shape[0] else scores[local]
+    if group.request.sampler.greedy:
+        return picked.argmax(dim=-1)
+    probs = torch.softmax(picked, dim=-1)
+    return (probs / randomness.exponential(rows, probs.shape[1])).argmax(dim=-1)
+
+
+class Step:
+    """Decide every row's next token and its source for one step of a batch."""
+
+    def __init__(
+        self,
+        pair: Pair,
+        bridge: Bridge,
+        groups: Sequence[Group],
+        writers: torch.Tensor,
+        writers_host: list[int],
+        randomness: RowRandomness,
+        continuation: torch.Tensor,
+    ) -> None:
+        self.pair, self.bridge, self.groups = pair, bridge, groups
+        self.writers, self.writers_host = writers, writers_host
+        self.randomness, self.continuation = randomness, continuation
+        self.scores = StepScores(bridge)
+
+    def run(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(tokens, sources)``, one per row."""
+        self.bridge.before_step(self.writers_host)
+        stay = self._proposals()
+        has_writer = self.writers != NO_SOURCE
+        continues = self.continuation[self.writers.clamp_min(0), stay] & has_writer
+        if bool(continues.all()):
+            return stay, self.writers
+        boundary = (~continues).tolist()
+        want = self._route(boundary)
+        switch = torch.tensor(boundary, device=self.writers.device) & (want != self.writers)
+        fresh, switch = self._hand_over(want, switch)
+        return torch.where(switch, fresh, stay), torch.where(switch, want, self.writers)
+
+    def _proposals(self) -> torch.Tensor:
+        """Each row's writer proposes the next token (rows with no writer yet draw nothing)."""
+        stay = torch.zeros_like(self.writers)
+        has_writer = [w != NO_SOURCE for w in self.writers_host]
+        for group in self.groups:
+            if rows := group.rows(has_writer):
+                scores = self.scores.by_source(
+                    group, self.writers[group.slice], rows, self.writers_host
+                )
+                index = torch.tensor(rows, device=stay.device)
+                stay[index] = _draw(group, scores, rows, self.randomness)
+        return stay
+
+    def _route(self, boundary: list[bool]) -> torch.Tensor:
+        """The source each row wants next: the router's pick at a boundary, else its writer."""
+        want = self.writers.clone()
+        for group in self.groups:
+            if not (rows := group.rows(boundary)):
+                continue
+            request = group.request
+            probs = {
+                source: torch.softmax(self.scores.tempered(group, source, rows), dim=-1)[
+                    :, : self.pair.members[source].vocab_size
+                ]
+                for source in (ALIGNED, BASE)
+                if self.pair.members[source].name in request.needs
+            }
+            prev = self.writers[group.slice]
+            at_boundary = torch.tensor(boundary[group.slice], device=want.device)
+            inputs = RouterInputs(
+                base_probs=probs.get(BASE),
+                aligned_probs=probs.get(ALIGNED),
+                prev_sources=prev,
+                step=request.steps,
+                masks=self.pair.aligned.masks,
+                generator=request.generator,
+                draw_uniform=functools.partial(self._uniform, group, rows, at_boundary),
+            )
+            choice = checked_choice(request.router(inputs), prev).long()
+            want[group.slice] = torch.where(at_boundary, choice, prev)
+        return want
+
+    def _uniform(self, group: Group, rows: list[int], at_boundary: torch.Tensor) -> torch.Tensor:
+        """Coins for a router: rows at a boundary draw from their own numbers; the others,
+        whose pick is not used, draw nothing (so that no row's draws depend on another's)."""
+        coins = torch.ones(group.stop - group.start, device=at_boundary.device)
+        coins[at_boundary] = self.randomness.uniform(rows)
+        return coins
+
+    def _hand_over(
+        self, want: torch.Tensor, switch: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Tokens drawn by the incoming models, which start a new word; a row switches only
+        if its incoming model can start one."""
+        fresh = torch.zeros_like(self.writers)
+        switching = switch.tolist()
+        if not any(switching):
+            return fresh, switch
+        want_host = want.tolist()
+        has_writer = self.writers != NO_SOURCE
+        for group in self.groups:
+            if not (rows := group.rows(switching)):
+                continue
+            scores = self.scores.by_source(group, want[group.slice], rows, want_host)
+            sl = group.slice
+            blocked = (switch[sl] & has_writer[sl])[:, None] & self.continuation[want[sl]]
+            scores = scores.masked_fill(blocked, float("-inf"))
+            drawable = torch.isfinite(scores).any(dim=-1)
+            switch[sl] &= drawable
+            drawable_host = drawable.tolist()
+            if rows := [r for r in rows if drawable_host[r - group.start]]:
+                index = torch.tensor(rows, device=fresh.device)
+                fresh[index] = _draw(group, scores, rows, self.randomness)
+        return fresh, switch

@@ -1,0 +1,172 @@
+"""One model's KV cache over a batch of rows that all see the same token ids (a shared
+tokenizer): the fast path, fully tensorised."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, Literal, get_args
+
+import torch
+from transformers import Cache, CompileConfig, DynamicCache, StaticCache
+
+from ..model_calls import run_prompts
+from .pair import PairMember
+
+#: KV cache kinds: ``"dynamic"`` grows with the text (transformers' ``DynamicCache``);
+#: ``"static"`` is preallocated for the prompt plus ``max_new_tokens`` (``StaticCache``), so a
+#: step writes in place instead of concatenating.
+CacheImplementation = Literal["dynamic", "static"]
+CACHE_IMPLEMENTATIONS: tuple[str, ...] = get_args(CacheImplementation)
+
+
+def _repeat_static_cache(cache: StaticCache, repeats: int, mark_static: bool = False) -> None:
+    """``batch_repeat_interleave`` for a filled ``StaticCache`` (transformers only has it for
+    dynamic layers), so that n samples share one prefill here too."""
+    layer: Any  # StaticLayer or StaticSlidingWindowLayer
+    for layer in cache.layers:
+        layer.keys = layer.keys.repeat_interleave(repeats, dim=0)
+        layer.values = layer.values.repeat_interleave(repeats, dim=0)
+        layer.batch_size = layer.keys.shape[0]
+        if mark_static:  # as StaticLayer does: fixed addresses let CUDA graphs skip copies
+            torch._dynamo.mark_static_address(layer.keys)
+            torch._dynamo.mark_static_address(layer.values)
+
+
+def compile_config(device: torch.device) -> CompileConfig:
+    """``generate``'s compile settings, with CUDA graphs only where there is CUDA; shapes that
+    change between calls (batch, prompt width) are compiled once more as dynamic."""
+    return CompileConfig(
+        fullgraph=False,
+        dynamic=None,
+        mode="reduce-overhead" if device.type == "cuda" else "default",
+    )
+
+
+class TokenModelState:
+    """One model's KV cache, attention mask and positions during a decoding run.
+
+    Tokens appended with :meth:`push` stay pending until the model's distribution is next
+    needed; :meth:`logits` then runs all of them in one multi-token forward (the lazy
+    catch-up). Every row has the same number of pending tokens, so this is a plain batched
+    forward.
+    """
+
+    def __init__(
+        self,
+        member: PairMember,
+        decode_device: torch.device,
+        cache_implementation: CacheImplementation = "dynamic",
+        compiled: bool = False,
+    ) -> None:
+        self.member = member
+        self.decode_device = decode_device
+        self.device = member.device
+        self.static = cache_implementation == "static"
+        #: Single-token steps run through ``torch.compile`` (static cache only: fixed shapes).
+        #: transformers keeps the compiled call on the model, so it is compiled once, not per
+        #: decoding call; prefill and multi-token catch-ups stay eager, as in ``generate``.
+        self.compiled_step: Callable[..., Any] | None = (
+            member.model.get_compiled_call(compile_config(self.device)) if compiled else None
+        )
+        self.cache: Cache | None = None
+        self.mask = torch.empty(0)
+        self.length = 0
+        self.positions = torch.empty(0)
+        self.pending: list[torch.Tensor] = []
+        self._logits: torch.Tensor | None = None
+        self.forward_passes = 0
+        self.forward_tokens = 0
+
+    @property
+    def model(self) -> Any:
+        return self.member.model
+
+    @property
+    def vocab_size(self) -> int:
+        return self.member.vocab_size
+
+    @torch.inference_mode()
+    def prefill(self, prompts: Sequence[list[int]], n: int, capacity: int) -> None:
+        """Run the left-padded prompts once and share each prompt's cache with its n samples;
+        ``capacity`` is the most tokens any row will add."""
+        width = max(len(p) for p in prompts)
+        if self.static:
+            self.cache = StaticCache(config=self.model.config, max_cache_len=width + capacity)
+        else:
+            self.cache = DynamicCache(config=self.model.config)
+        mask, last_logits = run_prompts(self.model, prompts, self.member.pad_id, self.cache)
+        self.forward_passes += 1
+        self.forward_tokens += int(mask.sum())
+        if n > 1:
+            if isinstance(self.cache, StaticCache):
+                _repeat_static_cache(self.cache, n, mark_static=self.compiled_step is not None)
+            else:
+                self.cache.batch_repeat_interleave(n)
+        # Preallocated so that each step slices instead of concatenating (no quadratic copies).
+        self.mask = torch.zeros(
+            (len(prompts) * n, width + capacity), dtype=torch.long, device=self.device
+        )
+        self.mask[:, :width] = mask.repeat_interleave(n, dim=0)
+        self.length = width
+        self.positions = mask.sum(-1).repeat_interleave(n, dim=0)  # each row's next position
+        logits = last_logits[:, : self.vocab_size].float().repeat_interleave(n, dim=0)
+        self._logits = logits.to(self.decode_device)
+
+    def push(self, tokens: torch.Tensor) -> None:
+        """Append one token per row; it is run at the next catch-up."""
+        self.pending.append(tokens.to(self.device))
+        self._logits = None
+
+    @property
+    def ready(self) -> bool:
+        return self._logits is not None
+
+    @torch.inference_mode()
+    def logits(self) -> torch.Tensor:
+        """Next-token logits ``[rows, vocab]`` (float32), catching up on pending tokens."""
+        if self._logits is None:
+            self._logits = self._catch_up().to(self.decode_device)
+        return self._logits
+
+    def _catch_up(self) -> torch.Tensor:
+        count = len(self.pending)
+        ids = torch.stack(self.pending, dim=1)
+        self.mask[:, self.length : self.length + count] = 1
+        self.length += count
+        offsets = torch.arange(count, device=self.device)
+        # A static cache takes the whole preallocated mask (one shape for every step) and says
+        # where to write; a dynamic cache grows with the mask.
+        step = self.compiled_step
+        call = step if step is not None and count == 1 else self.model
+        extra = {"cache_position": offsets + (self.length - count)} if self.static else {}
+        out = call(
+            input_ids=ids,
+            attention_mask=self.mask if self.static else self.mask[:, : self.length],
+            position_ids=self.positions[:, None] + offsets,
+            **{self.member.cache_argument: self.cache},
+            use_cache=True,
+            logits_to_keep=1,
+            **extra,
+        )
+        self.positions = self.positions + count
+        self.pending.clear()
+        self.forward_passes += 1
+        self.forward_tokens += count * int(ids.shape[0])
+        logits = out.logits[:, -1, : self.vocab_size].float()
+        return logits.clone() if call is not self.model else logits  # CUDA graphs reuse buffers
+
+    def select(self, keep: torch.Tensor) -> None:
+        """Keep only the rows ``keep`` (indices, in order); their caches stay as they are."""
+        assert self.cache is not None and not self.static
+        self.cache.batch_select_indices(keep.to(self.device))
+        self.mask = self.mask[keep.to(self.device)]
+        self.positions = self.positions[keep.to(self.device)]
+        self.pending = [p[keep.to(self.device)] for p in self.pending]
+        if self._logits is not None:
+            self._logits = self._logits[keep.to(self._logits.device)]
+
+    def release(self) -> None:
+        """Free the cache now rather than when the state is collected."""
+        self.cache = None
+        self.pending.clear()
+        self._logits = None
