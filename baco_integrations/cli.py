@@ -109,16 +109,70 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: ``baco generate`` arguments that are text (not paths): they must be valid UTF-8.
+_TEXT_ARGUMENTS = {
+    "prompt": "PROMPT",
+    "router": "--router",
+    "system_prompt": "--system-prompt",
+    "stop": "--stop",
+    "dtype": "--dtype",
+    "device": "--device",
+}
+
+
+def _check_utf8_arguments(args: argparse.Namespace) -> None:
+    """Refuse a text argument that was not valid UTF-8 on the command line.
+
+    Python hands such an argument over with each bad byte as a lone surrogate
+    (``surrogateescape``); no tokenizer can encode that. Paths (``--base`` ...) are left
+    alone: a file name may be any bytes.
+    """
+    from .prompts import check_text
+
+    for name, option in _TEXT_ARGUMENTS.items():
+        value = getattr(args, name, None)
+        for text in value if isinstance(value, list) else [value]:
+            if not isinstance(text, str):
+                continue
+            try:
+                check_text(text, option)
+            except ValueError:
+                raw = text.encode("utf-8", "surrogateescape")
+                try:
+                    raw.decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    raise ValueError(
+                        f"{option} is not valid UTF-8 (byte {raw[exc.start]:#04x} at byte "
+                        f"{exc.start}); baco reads text arguments as UTF-8"
+                    ) from None
+                raise
+
+
+def _read_stdin() -> str:
+    try:
+        return sys.stdin.read()
+    except UnicodeDecodeError as exc:
+        raise ValueError(
+            f"standard input is not valid UTF-8 ({exc.reason} at byte {exc.start}); baco reads "
+            "the prompt as UTF-8 text"
+        ) from None
+
+
 def _cmd_generate(args: argparse.Namespace) -> int:
     from .config import GenerationSettings
     from .engine import BacoEngine
+    from .limits import EngineLimits
+    from .prompts import check_text
 
-    prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
+    _check_utf8_arguments(args)
+    prompt = check_text(_read_stdin(), "standard input") if args.prompt == "-" else args.prompt
     overrides: dict[str, Any] = {
         name: getattr(args, name) for name in _SETTING_OPTIONS if getattr(args, name) is not None
     }
-    # Validate before loading any model: a bad γ should not cost a model download.
+    # Validate before loading any model: a bad γ should not cost a model download, nor an
+    # oversized request (n, prompt length) the engine's default limits would refuse anyway.
     settings = GenerationSettings(**overrides)
+    EngineLimits().check_call([prompt], settings)
     engine = BacoEngine.from_pretrained(
         args.base,
         args.aligned,

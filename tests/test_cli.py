@@ -155,3 +155,62 @@ def test_sweep_example_and_errors(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert "needs CONFIG" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["generate", "hi"])  # --base / --aligned are required: argparse exits
+
+
+# ------------------------------------------------------------ text that is not UTF-8 (issue 13)
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["a\udcffb"], "PROMPT is not valid UTF-8 (byte 0xff at byte 1)"),
+        (["--system-prompt", "\udce9t\udce9", "hi"], "--system-prompt is not valid UTF-8"),
+        (["--stop", "ok", "--stop", "x\udc80", "hi"], "--stop is not valid UTF-8 (byte 0x80"),
+        (["-n", "100000", "hi"], "n=100000 is out of range: allowed values are 1..256"),
+        (["--max-new-tokens", "1000000000", "hi"], "max_new_tokens=1000000000 is out of range"),
+        (["--seed", str(2**70), "hi"], "seed=1180591620717411303424 is out of range"),
+    ],
+)
+def test_generate_refuses_bad_text_and_sizes_before_loading(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], extra: list[str], message: str
+) -> None:
+    # Python passes a non-UTF-8 argument with each bad byte as a lone surrogate
+    # (surrogateescape); the models do not exist, so the error must come before loading.
+    missing = str(tmp_path / "missing")
+    assert main(["generate", "--base", missing, "--aligned", missing, *extra]) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert message in err
+    assert "Traceback" not in err
+
+
+def test_generate_refuses_stdin_that_is_not_utf8(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import io
+
+    stdin = io.TextIOWrapper(io.BytesIO(b"caf\xe9 au lait"), encoding="utf-8")
+    monkeypatch.setattr("sys.stdin", stdin)
+    missing = str(tmp_path / "missing")
+    assert main(["generate", "--base", missing, "--aligned", missing, "-"]) == EXIT_USAGE
+    assert "standard input is not valid UTF-8 (invalid continuation byte at byte 3)" in (
+        capsys.readouterr().err
+    )
+
+
+def test_a_real_non_utf8_argument_is_a_usage_error_not_a_traceback(tmp_path: Path) -> None:
+    """Through the real argv decoding of a child process."""
+    import os
+    import subprocess
+    import sys
+
+    missing = os.fsencode(tmp_path / "missing")
+    argv = [sys.executable, "-m", "baco_integrations.cli", "generate"]
+    result = subprocess.run(
+        [*map(os.fsencode, argv), b"--base", missing, b"--aligned", missing, b"caf\xe9"],
+        capture_output=True,
+        env={**os.environ, "LC_ALL": "C.UTF-8"},
+        check=False,
+    )
+    assert result.returncode == EXIT_USAGE
+    assert b"PROMPT is not valid UTF-8 (byte 0xe9 at byte 3)" in result.stderr
+    assert b"Traceback" not in result.stderr
