@@ -93,14 +93,14 @@ def test_random_router_rate() -> None:
 
 def _boundaries(engine: BacoEngine, token_ids: tuple[int, ...]) -> list[bool]:
     """Which positions of an output sit at a word boundary (the first always does)."""
-    continuation = engine.masks.continuation
+    continuation = engine.pair.aligned.masks.continuation
     return [i == 0 or not bool(continuation[t]) for i, t in enumerate(token_ids)]
 
 
 @pytest.mark.parametrize("router", ROUTER_NAMES)
 def test_no_word_is_split_between_models(engine: BacoEngine, router: str) -> None:
     outs = engine.generate(PROMPTS, router=router, n=3, max_new_tokens=40, seed=0)
-    continuation = engine.masks.continuation
+    continuation = engine.pair.aligned.masks.continuation
     checked = 0
     for row in outs:
         for out in row:
@@ -120,15 +120,18 @@ def test_engine_follows_the_router_at_every_boundary(
     gamma = {"H": 2.0, "H-FC": 2.0}.get(router, 0.5)
     recorder = spy(build_router(RouterConfig(strategy=router, gamma=gamma, gate=gate)))
     outs = engine.generate(PROMPTS[0], router=recorder, n=4, max_new_tokens=30, seed=1)
-    masks = engine.masks
+    masks = engine.pair.aligned.masks
     # the router is called only at steps where some row is at a word boundary
     calls = {inputs.step: i for i, inputs in enumerate(recorder.seen)}
+    # a finished sample leaves the batch: at each step the router sees the live ones, in order
+    steps_run = [o.num_tokens + (o.finish_reason == "stop") for o in outs[0]]
     saw_base = saw_aligned = False
-    for row, out in enumerate(outs[0]):
+    for sample, out in enumerate(outs[0]):
         for step, is_boundary in enumerate(_boundaries(engine, out.token_ids)):
             if not is_boundary and step not in calls:
                 continue
             inputs = recorder.seen[calls[step]]
+            row = [j for j, ran in enumerate(steps_run) if ran > step].index(sample)
             gate_probs = inputs.probs(
                 "aligned" if gate == "aligned" and router != "nudging" else "base"
             )
