@@ -1,65 +1,46 @@
-"""What BacoLLM and ChatBaco share: the settings fields, per-call overrides, async streaming.
+"""What BacoLLM and ChatBaco share: the settings fields, per-call overrides, stop strings.
 
-The adapters are thin: decoding, prompt rendering and stop strings are the engine's job. This
+The adapters are thin: decoding, prompt rendering, stop strings, usage and the facts both
+adapters report are the core's (:mod:`baco_integrations._adapter`, :mod:`..outputs`). This
 module only turns LangChain's calling conventions into one validated
-:class:`~baco_integrations.GenerationSettings` per call and moves engine work off the event
-loop.
+:class:`~baco_integrations.GenerationSettings` per call.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal, Self, TypeVar
+from collections.abc import AsyncIterator, Iterator
+from typing import Any, Literal, NoReturn, Self
 
+from langchain_core.language_models import LanguageModelInput
 from langchain_core.language_models.base import LangSmithParams
-from pydantic import Field, model_validator
+from langchain_core.runnables import RunnableConfig
+from pydantic import Field
 
-from .._adapter import EngineSettings
-from ..config import SETTING_NAMES, GenerationSettings
+from .._adapter import (
+    MAX_TOKENS_ALIAS,
+    PROVIDER,
+    EngineSettings,
+    checked_stop,
+    fold_max_tokens,
+)
+from ..config import GenerationSettings
 
-T = TypeVar("T")
-
-#: LangChain's standard name for the output length limit; accepted as an alias of
-#: ``max_new_tokens`` (at construction and per call) so that generic LangChain code works.
-MAX_TOKENS_ALIAS = "max_tokens"
-PROVIDER = "baco"
-
-
-def fold_max_tokens(values: dict[str, Any]) -> dict[str, Any]:
-    """Rename ``max_tokens`` to ``max_new_tokens``; both with different values is an error."""
-    if MAX_TOKENS_ALIAS not in values:
-        return values
-    values = dict(values)
-    max_tokens = values.pop(MAX_TOKENS_ALIAS)
-    if max_tokens is None:
-        return values
-    if values.get("max_new_tokens", max_tokens) != max_tokens:
-        raise ValueError(
-            f"max_tokens={max_tokens!r} and max_new_tokens={values['max_new_tokens']!r} "
-            "disagree; max_tokens is an alias of max_new_tokens, pass only one"
-        )
-    values["max_new_tokens"] = max_tokens
-    return values
-
-
-def describe_setting(value: Any) -> Any:
-    """A plain, printable form of a setting for tracing and LangChain's cache key.
-
-    A router object (RouterConfig or callable) becomes its ``repr``: two different callables
-    then never share a cache entry.
-    """
-    if value is None or isinstance(value, str | int | float | bool):
-        return value
-    if isinstance(value, list | tuple):
-        return [describe_setting(v) for v in value]
-    return repr(value)
+#: What BACO offers where LangChain asks for structured output.
+STRUCTURED_OUTPUT_ADVICE = (
+    "BACO decodes free text: it has no tool calling, JSON mode or schema-constrained decoding. "
+    "Ask for the format in the prompt and parse the text with an output parser (e.g. "
+    "`prompt | model | JsonOutputParser()`, or PydanticOutputParser with its format "
+    "instructions in the prompt)."
+)
 
 
 class BacoSettingsMixin(EngineSettings):
     """Every router and sampling setting as a field, plus the engine they run on.
 
     The fields are inherited from :class:`GenerationSettings`, validators included, so each
-    setting is defined in one place. The adapters list this mixin before their LangChain base
-    class so that its methods take precedence in the MRO.
+    setting is defined in one place; an assignment is validated too
+    (:meth:`EngineSettings.__setattr__`). The adapters list this mixin before their LangChain
+    base class so that its methods take precedence in the MRO.
     """
 
     streaming: bool = Field(
@@ -67,16 +48,57 @@ class BacoSettingsMixin(EngineSettings):
         description="Stream single-sample invoke calls through the callbacks' on_llm_new_token.",
     )
 
-    @model_validator(mode="before")
-    @classmethod
-    def _baco_max_tokens_alias(cls, data: Any) -> Any:
-        return fold_max_tokens(data) if isinstance(data, dict) else data
+    # ----------------------------------------------------------------- entry points
 
-    @classmethod
-    def _normalize_fields(cls, fields: dict[str, Any]) -> dict[str, Any]:
-        return fold_max_tokens(fields)
+    def stream(
+        self,
+        input: LanguageModelInput,
+        config: RunnableConfig | None = None,
+        *,
+        stop: list[str] | None = None,
+        **kwargs: Any,
+    ) -> Iterator[Any]:
+        """LangChain's ``stream``, with ``stop`` validated before LangChain reads it."""
+        yield from super().stream(  # type: ignore[misc]
+            input, config, stop=self._call_stop(stop), **kwargs
+        )
+
+    async def astream(
+        self,
+        input: LanguageModelInput,
+        config: RunnableConfig | None = None,
+        *,
+        stop: list[str] | None = None,
+        **kwargs: Any,
+    ) -> AsyncIterator[Any]:
+        """LangChain's ``astream``, with ``stop`` validated before LangChain reads it."""
+        stream = super().astream(  # type: ignore[misc]
+            input, config, stop=self._call_stop(stop), **kwargs
+        )
+        try:
+            async for item in stream:
+                yield item
+        finally:
+            # Close the inner stream now (not when the loop finalises it): that stops decoding.
+            await stream.aclose()
+
+    def with_structured_output(self, schema: Any, **kwargs: Any) -> NoReturn:
+        """Not supported: raises ``NotImplementedError`` saying what to do instead."""
+        raise NotImplementedError(
+            f"{type(self).__name__} does not support with_structured_output. "
+            + STRUCTURED_OUTPUT_ADVICE
+        )
 
     # ----------------------------------------------------------------- settings
+
+    def _call_stop(self, stop: object) -> list[str] | None:
+        """A call's stop strings, validated as the ``stop`` setting is; the field if None.
+
+        Every entry point passes ``stop`` through here before LangChain's own handling
+        (tracing, cache keys, callbacks), so ``stop=5`` is a ``ValueError`` naming ``stop``
+        and ``stop="abc"`` is traced as ``["abc"]``.
+        """
+        return checked_stop(stop) if stop is not None else self.stop
 
     def _call_settings(self, stop: list[str] | None, kwargs: dict[str, Any]) -> GenerationSettings:
         """The settings of one call: the fields, then ``kwargs`` and ``stop`` on top.
@@ -84,10 +106,10 @@ class BacoSettingsMixin(EngineSettings):
         Unknown keyword arguments raise ``ValueError`` (``GenerationSettings.updated``); a
         ``stop`` given to the call replaces the ``stop`` field.
         """
-        overrides = fold_max_tokens(kwargs)
+        overrides = dict(kwargs)
         if stop is not None:
             overrides["stop"] = stop
-        return self.generation_settings.updated(**overrides)
+        return self.settings_for_call(overrides)
 
     def _with_overrides(self, kwargs: dict[str, Any]) -> Self:
         """A shallow copy whose fields carry the validated per-call overrides in ``kwargs``.
@@ -97,7 +119,7 @@ class BacoSettingsMixin(EngineSettings):
         if not kwargs:
             return self
         overrides = fold_max_tokens(kwargs)
-        settings = self.generation_settings.updated(**overrides)
+        settings = self.settings_for_call(overrides)
         copy = self.model_copy(update={name: getattr(settings, name) for name in overrides})
         # LangChain caches the serialised form; the copy's differs, so drop the stale one.
         copy.__dict__.pop("_serialized", None)
@@ -106,23 +128,17 @@ class BacoSettingsMixin(EngineSettings):
     # ----------------------------------------------------------------- identity
 
     @property
-    def model_name(self) -> str:
-        """``baco:<base>+<aligned>``, as reported in traces and response metadata."""
-        names = self.engine.model_names
-        return f"{PROVIDER}:{names['base']}+{names['aligned']}"
-
-    @property
     def _identifying_params(self) -> dict[str, Any]:
         # Every setting: LangChain builds its cache key (and traces) from these.
-        names = self.engine.model_names
+        names = self.model_names
         return {
             "base_model": names["base"],
             "aligned_model": names["aligned"],
-            **{name: describe_setting(getattr(self, name)) for name in SETTING_NAMES},
+            **self.described_settings(),
         }
 
     def _baco_ls_params(
-        self, model_type: Literal["llm", "chat"], stop: list[str] | None, kwargs: dict[str, Any]
+        self, model_type: Literal["llm", "chat"], stop: object, kwargs: dict[str, Any]
     ) -> LangSmithParams:
         """Standard tracing params, honouring per-call ``model``/``temperature``/length."""
         model = kwargs.get("model")
@@ -136,9 +152,9 @@ class BacoSettingsMixin(EngineSettings):
         )
         if isinstance(temperature, int | float):
             params["ls_temperature"] = float(temperature)
-        effective_stop = stop if stop is not None else self.stop
+        effective_stop = self._call_stop(stop)
         if effective_stop:
-            params["ls_stop"] = list(effective_stop)
+            params["ls_stop"] = effective_stop
         return params
 
     # ----------------------------------------------------------------- tokens
@@ -159,12 +175,3 @@ class BacoSettingsMixin(EngineSettings):
         """Length of the aligned model's rendering of ``prompt`` (streams do not report it)."""
         ids = self.engine.encode_prompts(prompt, settings.system_prompt, settings.base_template)
         return len(ids["aligned"])
-
-
-def check_streamable(settings: GenerationSettings) -> None:
-    """Streams carry one sample: interleaving n samples in one text stream would garble them."""
-    if settings.n != 1:
-        raise ValueError(
-            f"streaming returns one sample, but n={settings.n}; use invoke/generate/batch "
-            "(which return all n samples) or stream with n=1"
-        )

@@ -5,9 +5,13 @@ from __future__ import annotations
 import builtins
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import closing
-from typing import Any
+from typing import Any, NoReturn
 
-from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
+from langchain_core.callbacks import (
+    AsyncCallbackManagerForLLMRun,
+    CallbackManagerForLLMRun,
+    Callbacks,
+)
 from langchain_core.language_models import BaseChatModel
 from langchain_core.language_models.base import LangSmithParams
 from langchain_core.messages import (
@@ -19,26 +23,16 @@ from langchain_core.messages import (
     SystemMessage,
 )
 from langchain_core.messages.ai import UsageMetadata
-from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
+from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult, LLMResult
 from pydantic import ConfigDict
 
-from .._streaming import SourceTracker, generate_in_thread, iterate_in_thread
+from .._adapter import PROVIDER, check_streamable
+from .._streaming import generate_in_thread, iterate_in_thread
 from ..config import GenerationSettings
-from ..outputs import BacoOutput
-from ._common import (
-    PROVIDER,
-    BacoSettingsMixin,
-    check_streamable,
-)
+from ..conversation import ROLE_ALIASES, Role, canonical_role, merge_turns
+from ..outputs import BacoChunk, BacoOutput, Usage
+from ._common import STRUCTURED_OUTPUT_ADVICE, BacoSettingsMixin
 
-_ROLES: dict[str, str] = {
-    "system": "system",
-    "developer": "system",
-    "user": "user",
-    "human": "user",
-    "assistant": "assistant",
-    "ai": "assistant",
-}
 #: Keyword arguments LangChain itself interprets (``invoke(..., stream=True)``) and forwards.
 _LANGCHAIN_KWARGS = frozenset({"stream"})
 
@@ -62,43 +56,47 @@ def _text_content(message: BaseMessage) -> str:
     return "".join(parts)
 
 
+def _role(message: BaseMessage) -> Role:
+    """The engine role of ``message``; tool messages, tool calls and unknown roles raise."""
+    if isinstance(message, SystemMessage):
+        return "system"
+    if isinstance(message, HumanMessage):
+        return "user"
+    if isinstance(message, AIMessage):
+        if message.tool_calls or message.invalid_tool_calls:
+            raise ValueError(
+                "ChatBaco does not support tool calling: an AIMessage in the input carries "
+                "tool calls"
+            )
+        return "assistant"
+    role = canonical_role(message.role) if isinstance(message, ChatMessage) else None
+    if role is None:
+        why = " (tool calling is not supported)" if message.type in {"tool", "function"} else ""
+        raise ValueError(
+            f"ChatBaco does not support {type(message).__name__} messages{why}; use "
+            "SystemMessage, HumanMessage and AIMessage, or a ChatMessage with one of the roles "
+            f"{', '.join(sorted(ROLE_ALIASES))}"
+        )
+    return role
+
+
 def to_conversation(messages: Sequence[BaseMessage]) -> list[dict[str, str]]:
     """LangChain messages as the engine's ``{"role", "content"}`` conversation.
 
-    System, human and AI messages map to ``system``, ``user`` and ``assistant``. Consecutive
-    messages of one role are joined (blank line between), since many chat templates reject
-    two turns of the same role in a row. Tool messages and tool calls are rejected: ChatBaco
-    does not support tool calling.
+    System, human and AI messages map to ``system``, ``user`` and ``assistant``; consecutive
+    messages of one role are joined (:func:`~baco_integrations.conversation.merge_turns`).
+    Tool messages and tool calls are rejected: ChatBaco does not support tool calling.
     """
-    conversation: list[dict[str, str]] = []
-    for message in messages:
-        if isinstance(message, SystemMessage):
-            role = "system"
-        elif isinstance(message, HumanMessage):
-            role = "user"
-        elif isinstance(message, AIMessage):
-            if message.tool_calls or message.invalid_tool_calls:
-                raise ValueError(
-                    "ChatBaco does not support tool calling: an AIMessage in the input carries "
-                    "tool calls"
-                )
-            role = "assistant"
-        elif isinstance(message, ChatMessage) and message.role.lower() in _ROLES:
-            role = _ROLES[message.role.lower()]
-        else:
-            why = " (tool calling is not supported)" if message.type in {"tool", "function"} else ""
-            raise ValueError(
-                f"ChatBaco does not support {type(message).__name__} messages{why}; use "
-                "SystemMessage, HumanMessage and AIMessage"
-            )
-        content = _text_content(message)
-        if conversation and conversation[-1]["role"] == role:
-            conversation[-1]["content"] += "\n\n" + content
-        else:
-            conversation.append({"role": role, "content": content})
-    if not conversation:
-        raise ValueError("ChatBaco needs at least one message")
-    return conversation
+    return merge_turns((_role(message), _text_content(message)) for message in messages)
+
+
+def usage_metadata(usage: Usage) -> UsageMetadata:
+    """The core's usage under LangChain's names."""
+    return UsageMetadata(
+        input_tokens=usage.prompt_tokens,
+        output_tokens=usage.completion_tokens,
+        total_tokens=usage.total_tokens,
+    )
 
 
 class ChatBaco(BacoSettingsMixin, BaseChatModel):
@@ -120,7 +118,8 @@ class ChatBaco(BacoSettingsMixin, BaseChatModel):
         extra="forbid",  # an unknown setting is an error, never silently dropped
         arbitrary_types_allowed=True,
         # BaseChatModel assigns ``profile`` inside its own validator, which re-validates
-        # without end under validate_assignment; settings are checked at every call instead.
+        # without end under validate_assignment; a setting is still validated when assigned
+        # (EngineSettings.__setattr__) and at every call.
         validate_assignment=False,
         protected_namespaces=(),
     )
@@ -135,10 +134,9 @@ class ChatBaco(BacoSettingsMixin, BaseChatModel):
     def _get_invocation_params(
         self, stop: list[str] | None = None, **kwargs: Any
     ) -> builtins.dict[str, Any]:
-        # LangChain's cache key: the effective stop strings, not None when only the field is set.
-        return super()._get_invocation_params(
-            stop=stop if stop is not None else self.stop, **kwargs
-        )
+        # LangChain's cache key and traces: the effective stop strings (not None when only the
+        # field is set), validated also on paths that enter LangChain without our entry points.
+        return super()._get_invocation_params(stop=self._call_stop(stop), **kwargs)
 
     def get_num_tokens_from_messages(
         self, messages: list[BaseMessage], tools: Sequence[Any] | None = None
@@ -147,6 +145,37 @@ class ChatBaco(BacoSettingsMixin, BaseChatModel):
         if tools:
             raise ValueError("ChatBaco does not support tools")
         return self._prompt_tokens(to_conversation(messages), self.generation_settings)
+
+    def bind_tools(self, tools: Sequence[Any], **kwargs: Any) -> NoReturn:
+        """Not supported: raises ``NotImplementedError`` saying what to do instead."""
+        raise NotImplementedError(
+            "ChatBaco does not support tool calling (bind_tools): its replies are free text and "
+            "never hold tool calls. To use BACO in an agent, wrap it in a tool that a "
+            "tool-calling model calls (see examples/langchain_agent_tool.py). "
+            + STRUCTURED_OUTPUT_ADVICE
+        )
+
+    # ----------------------------------------------------------------- entry points
+
+    def generate(
+        self,
+        messages: list[list[BaseMessage]],
+        stop: list[str] | None = None,
+        callbacks: Callbacks = None,
+        **kwargs: Any,
+    ) -> LLMResult:
+        """Like ``BaseChatModel.generate``; ``stop`` is validated before LangChain reads it."""
+        return super().generate(messages, self._call_stop(stop), callbacks, **kwargs)
+
+    async def agenerate(
+        self,
+        messages: list[list[BaseMessage]],
+        stop: list[str] | None = None,
+        callbacks: Callbacks = None,
+        **kwargs: Any,
+    ) -> LLMResult:
+        """Async :meth:`generate`; the engine runs in a worker thread."""
+        return await super().agenerate(messages, self._call_stop(stop), callbacks, **kwargs)
 
     # ----------------------------------------------------------------- LangChain hooks
 
@@ -184,11 +213,14 @@ class ChatBaco(BacoSettingsMixin, BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
-        settings = self._settings(stop, kwargs)
-        for chunk in self._chunks(to_conversation(messages), settings):
-            if run_manager:
-                run_manager.on_llm_new_token(chunk.text, chunk=chunk)
-            yield chunk
+        chunks = self._engine_stream(messages, self._settings(stop, kwargs))
+        # Closing the engine's iterator (also when our consumer stops early) stops decoding.
+        with closing(chunks):  # type: ignore[type-var]
+            for chunk in chunks:
+                generation = self._chunk(chunk)
+                if run_manager:
+                    run_manager.on_llm_new_token(generation.text, chunk=generation)
+                yield generation
 
     async def _astream(
         self,
@@ -198,29 +230,37 @@ class ChatBaco(BacoSettingsMixin, BaseChatModel):
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
         settings = self._settings(stop, kwargs)
-        conversation = to_conversation(messages)
-        check_streamable(settings)  # raise here, not in the worker thread
-        chunks = await iterate_in_thread(lambda: self._chunks(conversation, settings))
+        # Validation errors raise here, at the call: the engine checks before it streams.
+        chunks = await iterate_in_thread(lambda: self._engine_stream(messages, settings))
         try:
             async for chunk in chunks:
+                generation = self._chunk(chunk)
                 if run_manager:
-                    await run_manager.on_llm_new_token(chunk.text, chunk=chunk)
-                yield chunk
+                    await run_manager.on_llm_new_token(generation.text, chunk=generation)
+                yield generation
         finally:
             # Close now rather than when garbage-collected: this stops the worker thread.
             await chunks.aclose()  # type: ignore[attr-defined]
 
     def _combine_llm_outputs(self, llm_outputs: list[builtins.dict | None]) -> builtins.dict:
-        usage: dict[str, int] = {}
-        for output in llm_outputs:
-            for key, value in ((output or {}).get("token_usage") or {}).items():
-                usage[key] = usage.get(key, 0) + value
-        return {"token_usage": usage, "model_name": self.model_name}
+        # One llm_output per conversation, each from its own engine call: their usages add up.
+        usages = (
+            Usage.from_dict((output or {}).get("token_usage") or {}) for output in llm_outputs
+        )
+        return {"token_usage": sum(usages, Usage()).as_dict(), "model_name": self.model_name}
 
     # ----------------------------------------------------------------- helpers
 
+    def _engine_stream(
+        self, messages: list[BaseMessage], settings: GenerationSettings
+    ) -> Iterator[BacoChunk]:
+        """The engine's stream of the conversation, validated now; closing it stops decoding
+        and frees the engine."""
+        check_streamable(settings)
+        return self.engine.stream(to_conversation(messages), settings=settings)
+
     def _metadata(self) -> dict[str, Any]:
-        names = self.engine.model_names
+        names = self.model_names
         return {
             "model_name": self.model_name,
             "model_provider": PROVIDER,
@@ -228,74 +268,57 @@ class ChatBaco(BacoSettingsMixin, BaseChatModel):
             "aligned_model": names["aligned"],
         }
 
+    def _finished_metadata(self, output: BacoOutput) -> dict[str, Any]:
+        """What a reply reports once, besides the per-token ``sources`` and ``token_ids``."""
+        return {
+            **self._metadata(),
+            "finish_reason": output.finish_reason,
+            "base_fraction": output.base_fraction,
+        }
+
     def _result(self, samples: list[BacoOutput]) -> ChatResult:
+        """One conversation's ``n`` samples as a ChatResult (one engine call)."""
         generations = []
         for output in samples:
-            usage = UsageMetadata(
-                input_tokens=output.prompt_tokens,
-                output_tokens=output.num_tokens,
-                total_tokens=output.prompt_tokens + output.num_tokens,
-            )
             metadata = {
-                **self._metadata(),
-                "finish_reason": output.finish_reason,
+                **self._finished_metadata(output),
                 "sources": list(output.sources),
                 "token_ids": list(output.token_ids),
-                "base_fraction": output.base_fraction,
             }
             message = AIMessage(
-                content=output.text, usage_metadata=usage, response_metadata=metadata
+                content=output.text,
+                usage_metadata=usage_metadata(Usage.of([output])),
+                response_metadata=metadata,
             )
             generations.append(ChatGeneration(message=message))
-        prompt = samples[0].prompt_tokens if samples else 0
-        completion = sum(o.num_tokens for o in samples)
-        token_usage = {
-            "prompt_tokens": prompt,
-            "completion_tokens": completion,
-            "total_tokens": prompt + completion,
-        }
         return ChatResult(
             generations=generations,
-            llm_output={"token_usage": token_usage, "model_name": self.model_name},
+            llm_output={
+                "token_usage": Usage.of(samples).as_dict(),
+                "model_name": self.model_name,
+            },
         )
 
-    def _chunks(
-        self, conversation: list[dict[str, str]], settings: GenerationSettings
-    ) -> Iterator[ChatGenerationChunk]:
-        """The engine's stream as chat chunks (no callbacks: the caller fires them).
+    def _chunk(self, chunk: BacoChunk) -> ChatGenerationChunk:
+        """One streamed piece as a chat chunk.
 
         Every chunk's ``response_metadata["sources"]`` and ``["token_ids"]`` list its tokens'
-        sources and ids (LangChain concatenates the lists when chunks are added); the last chunk
-        carries the usage, the ``finish_reason``, the ``base_fraction`` and the model names,
-        exactly once.
+        sources and ids (LangChain concatenates the lists when chunks are added); the last
+        chunk carries the usage, the ``finish_reason``, the ``base_fraction`` and the model
+        names, exactly once, read from the finished sample.
         """
-        check_streamable(settings)
-        tracker = SourceTracker()
-        # Closing the engine's iterator stops decoding and releases the engine's lock.
-        with closing(self.engine.stream(conversation, settings=settings)) as chunks:
-            for chunk in chunks:
-                metadata: dict[str, Any] = {
-                    "sources": tracker.add(chunk),
-                    "token_ids": list(chunk.token_ids),
-                }
-                if chunk.finish_reason is None:
-                    message = AIMessageChunk(content=chunk.text, response_metadata=metadata)
-                else:
-                    prompt_tokens = chunk.prompt_tokens
-                    output_tokens = len(tracker.sources)
-                    metadata |= {
-                        **self._metadata(),
-                        "finish_reason": chunk.finish_reason,
-                        "base_fraction": tracker.base_fraction,
-                    }
-                    message = AIMessageChunk(
-                        content=chunk.text,
-                        response_metadata=metadata,
-                        usage_metadata=UsageMetadata(
-                            input_tokens=prompt_tokens,
-                            output_tokens=output_tokens,
-                            total_tokens=prompt_tokens + output_tokens,
-                        ),
-                        chunk_position="last",
-                    )
-                yield ChatGenerationChunk(message=message)
+        metadata: dict[str, Any] = {
+            "sources": list(chunk.sources),
+            "token_ids": list(chunk.token_ids),
+        }
+        if chunk.output is None:
+            return ChatGenerationChunk(
+                message=AIMessageChunk(content=chunk.text, response_metadata=metadata)
+            )
+        message = AIMessageChunk(
+            content=chunk.text,
+            response_metadata=metadata | self._finished_metadata(chunk.output),
+            usage_metadata=usage_metadata(Usage.of([chunk.output])),
+            chunk_position="last",
+        )
+        return ChatGenerationChunk(message=message)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import builtins
 import uuid
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import closing
+from itertools import chain
 from typing import Any
 
 from langchain_core.callbacks import (
@@ -18,13 +19,18 @@ from langchain_core.language_models.base import LangSmithParams
 from langchain_core.outputs import Generation, GenerationChunk, LLMResult
 from pydantic import ConfigDict
 
-from .._streaming import SourceTracker, generate_in_thread, iterate_in_thread
+from .._adapter import check_streamable, is_streamable
+from .._streaming import generate_in_thread, iterate_in_thread
 from ..config import GenerationSettings
-from ..outputs import BacoOutput
-from ._common import (
-    BacoSettingsMixin,
-    check_streamable,
-)
+from ..outputs import BacoChunk, BacoOutput, Usage
+from ._common import BacoSettingsMixin
+
+#: generation_info keys that hold one entry per token: a stream's chunks each carry their own
+#: tokens' entries (LangChain concatenates them when chunks are added).
+PER_TOKEN_INFO = ("sources", "token_ids")
+
+#: Receives the finished sample at the end of a stream.
+OnFinished = Callable[[BacoOutput], None]
 
 
 def generation_info(output: BacoOutput) -> dict[str, Any]:
@@ -40,15 +46,15 @@ def generation_info(output: BacoOutput) -> dict[str, Any]:
     }
 
 
-def token_usage(outputs: Sequence[Sequence[BacoOutput]]) -> dict[str, int]:
-    """OpenAI-style usage; a prompt counts once whatever ``n`` (its samples share one prefill)."""
-    prompt = sum(samples[0].prompt_tokens for samples in outputs if samples)
-    completion = sum(o.num_tokens for samples in outputs for o in samples)
-    return {
-        "prompt_tokens": prompt,
-        "completion_tokens": completion,
-        "total_tokens": prompt + completion,
-    }
+def generation_chunk(chunk: BacoChunk) -> GenerationChunk:
+    """One streamed piece: its tokens' sources and ids; the last piece also carries the rest of
+    :func:`generation_info`, read from the finished sample, so the added-up chunks hold the
+    same ``generation_info`` as a non-streamed generation."""
+    info: dict[str, Any] = {"sources": list(chunk.sources), "token_ids": list(chunk.token_ids)}
+    if chunk.output is not None:
+        finished = generation_info(chunk.output)
+        info |= {key: value for key, value in finished.items() if key not in PER_TOKEN_INFO}
+    return GenerationChunk(text=chunk.text, generation_info=info)
 
 
 class BacoLLM(BacoSettingsMixin, BaseLLM):
@@ -70,8 +76,8 @@ class BacoLLM(BacoSettingsMixin, BaseLLM):
     model_config = ConfigDict(
         extra="forbid",  # an unknown setting is an error, never silently dropped
         arbitrary_types_allowed=True,
-        # Off, as in ChatBaco (where LangChain's own validators assign fields): settings are
-        # validated at construction and again, as a GenerationSettings, at every call.
+        # Off, as in ChatBaco (where LangChain's own validators assign fields); a setting is
+        # still validated when assigned (EngineSettings.__setattr__) and at every call.
         validate_assignment=False,
         protected_namespaces=(),
     )
@@ -101,13 +107,13 @@ class BacoLLM(BacoSettingsMixin, BaseLLM):
 
         BaseLLM keys its cache on the instance's fields and ``stop`` only, so the per-call
         settings are applied to a copy first: a call with ``gamma=0.6`` never reads an entry
-        cached for ``gamma=0.3``.
+        cached for ``gamma=0.3``. ``stop`` is validated before LangChain reads it.
         """
         llm = self._with_overrides(kwargs)
         return BaseLLM.generate(
             llm,
             prompts,
-            stop=stop if stop is not None else llm.stop,
+            stop=llm._call_stop(stop),
             callbacks=callbacks,
             tags=tags,
             metadata=metadata,
@@ -132,7 +138,7 @@ class BacoLLM(BacoSettingsMixin, BaseLLM):
         return await BaseLLM.agenerate(
             llm,
             prompts,
-            stop=stop if stop is not None else llm.stop,
+            stop=llm._call_stop(stop),
             callbacks=callbacks,
             tags=tags,
             metadata=metadata,
@@ -151,8 +157,10 @@ class BacoLLM(BacoSettingsMixin, BaseLLM):
     ) -> LLMResult:
         settings = self._call_settings(stop, kwargs)
         if self._streams_invoke(prompts, settings):
-            chunks = list(self._stream_with(prompts[0], settings, run_manager))
-            return self._result_from_chunks(chunks)
+            finished: list[BacoOutput] = []
+            for _ in self._stream_with(prompts[0], settings, run_manager, finished.append):
+                pass  # the callbacks see every chunk
+            return self._result([finished])
         if not prompts:
             return LLMResult(generations=[])
         # One engine call for the whole batch: LangChain's batch() arrives here as one list.
@@ -167,8 +175,10 @@ class BacoLLM(BacoSettingsMixin, BaseLLM):
     ) -> LLMResult:
         settings = self._call_settings(stop, kwargs)  # fail fast, on the loop
         if self._streams_invoke(prompts, settings):
-            chunks = [c async for c in self._astream_with(prompts[0], settings, run_manager)]
-            return self._result_from_chunks(chunks)
+            finished: list[BacoOutput] = []
+            async for _ in self._astream_with(prompts[0], settings, run_manager, finished.append):
+                pass  # the callbacks see every chunk
+            return self._result([finished])
         if not prompts:
             return LLMResult(generations=[])
         outputs = await generate_in_thread(self.engine, list(prompts), settings)
@@ -199,52 +209,51 @@ class BacoLLM(BacoSettingsMixin, BaseLLM):
     def _streams_invoke(self, prompts: list[str], settings: GenerationSettings) -> bool:
         # streaming=True streams what can be streamed: one prompt, one sample. A batch is
         # still decoded in one engine call.
-        return self.streaming and len(prompts) == 1 and settings.n == 1
+        return self.streaming and len(prompts) == 1 and is_streamable(settings)
 
-    def _chunks(self, prompt: str, settings: GenerationSettings) -> Iterator[GenerationChunk]:
-        """The engine's stream as GenerationChunks (no callbacks: the caller fires them)."""
+    def _engine_stream(self, prompt: str, settings: GenerationSettings) -> Iterator[BacoChunk]:
+        """The engine's stream of ``prompt``, validated now; closing it stops decoding and
+        frees the engine."""
         check_streamable(settings)
-        tracker = SourceTracker()
-        # Closing the engine's iterator stops decoding and releases the engine's lock.
-        with closing(self.engine.stream(prompt, settings=settings)) as chunks:
-            for chunk in chunks:
-                info: dict[str, Any] = {
-                    "sources": tracker.add(chunk),
-                    "token_ids": list(chunk.token_ids),
-                }
-                if chunk.finish_reason is not None:
-                    info |= {
-                        "finish_reason": chunk.finish_reason,
-                        "base_fraction": tracker.base_fraction,
-                        "num_tokens": len(tracker.sources),
-                        "prompt_tokens": chunk.prompt_tokens,
-                    }
-                yield GenerationChunk(text=chunk.text, generation_info=info)
+        return self.engine.stream(prompt, settings=settings)
 
     def _stream_with(
         self,
         prompt: str,
         settings: GenerationSettings,
         run_manager: CallbackManagerForLLMRun | None,
+        on_finished: OnFinished | None = None,
     ) -> Iterator[GenerationChunk]:
-        for chunk in self._chunks(prompt, settings):
-            if run_manager:
-                run_manager.on_llm_new_token(chunk.text, chunk=chunk)
-            yield chunk
+        """The engine's stream as GenerationChunks, each reported to the callbacks; the
+        finished sample goes to ``on_finished``."""
+        # Closing the engine's iterator (also when our consumer stops early) stops decoding.
+        with closing(self._engine_stream(prompt, settings)) as chunks:  # type: ignore[type-var]
+            for chunk in chunks:
+                generation = generation_chunk(chunk)
+                if run_manager:
+                    run_manager.on_llm_new_token(generation.text, chunk=generation)
+                if on_finished is not None and chunk.output is not None:
+                    on_finished(chunk.output)
+                yield generation
 
     async def _astream_with(
         self,
         prompt: str,
         settings: GenerationSettings,
         run_manager: AsyncCallbackManagerForLLMRun | None,
+        on_finished: OnFinished | None = None,
     ) -> AsyncIterator[GenerationChunk]:
-        check_streamable(settings)  # raise here, not in the worker thread
-        chunks = await iterate_in_thread(lambda: self._chunks(prompt, settings))
+        """Async :meth:`_stream_with`: the engine's stream advances in a worker thread."""
+        # Validation errors raise here, at the call: the engine checks before it streams.
+        chunks = await iterate_in_thread(lambda: self._engine_stream(prompt, settings))
         try:
             async for chunk in chunks:
+                generation = generation_chunk(chunk)
                 if run_manager:
-                    await run_manager.on_llm_new_token(chunk.text, chunk=chunk)
-                yield chunk
+                    await run_manager.on_llm_new_token(generation.text, chunk=generation)
+                if on_finished is not None and chunk.output is not None:
+                    on_finished(chunk.output)
+                yield generation
         finally:
             # Close now rather than when garbage-collected: this stops the worker thread.
             await chunks.aclose()  # type: ignore[attr-defined]
@@ -257,29 +266,8 @@ class BacoLLM(BacoSettingsMixin, BaseLLM):
         return LLMResult(
             generations=generations,
             llm_output={
-                "token_usage": token_usage(outputs),
+                "token_usage": Usage.of(chain.from_iterable(outputs)).as_dict(),
                 "model_name": self.model_name,
-                "models": dict(self.engine.model_names),
-            },
-        )
-
-    def _result_from_chunks(self, chunks: list[GenerationChunk]) -> LLMResult:
-        merged: GenerationChunk | None = None
-        for chunk in chunks:
-            merged = chunk if merged is None else merged + chunk
-        generation = merged or GenerationChunk(text="")
-        info = generation.generation_info or {}
-        prompt, completion = int(info.get("prompt_tokens", 0)), int(info.get("num_tokens", 0))
-        usage = {
-            "prompt_tokens": prompt,
-            "completion_tokens": completion,
-            "total_tokens": prompt + completion,
-        }
-        return LLMResult(
-            generations=[[Generation(text=generation.text, generation_info=info or None)]],
-            llm_output={
-                "token_usage": usage,
-                "model_name": self.model_name,
-                "models": dict(self.engine.model_names),
+                "models": self.model_names,
             },
         )

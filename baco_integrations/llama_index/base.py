@@ -32,80 +32,50 @@ from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_ca
 from llama_index.core.llms.custom import CustomLLM
 from pydantic import ConfigDict
 
-from .._adapter import EngineSettings
-from .._streaming import SourceTracker, generate_in_thread, iterate_in_thread
-from ..config import GenerationSettings
-from ..outputs import BacoChunk, BacoOutput
+from .._adapter import EngineSettings, check_streamable
+from .._streaming import generate_in_thread, iterate_in_thread
+from ..config import GenerationSettings, Source
+from ..conversation import ROLE_ALIASES, Role, canonical_role, merge_turns
+from ..outputs import BacoChunk, BacoOutput, Usage, base_fraction
 from ..prompts import Prompt
 
-#: LlamaIndex roles the engine understands, and the role each becomes.
-_ROLES: dict[MessageRole, str] = {
-    MessageRole.SYSTEM: "system",
-    MessageRole.DEVELOPER: "system",
-    MessageRole.USER: "user",
-    MessageRole.ASSISTANT: "assistant",
-    MessageRole.MODEL: "assistant",
-    MessageRole.CHATBOT: "assistant",
-}
 #: Blocks that carry nothing the models should read: a caching hint, and the reasoning of a
 #: past assistant turn (chat templates drop it from the history too).
 _SKIPPED_BLOCKS = (CachePoint, ThinkingBlock)
 _TEXT_BLOCKS = (TextBlock, *_SKIPPED_BLOCKS)
 
 
-def _describe(value: Any) -> Any:
-    """A plain, printable form of a setting for observability payloads."""
-    if value is None or isinstance(value, str | int | float | bool):
-        return value
-    if isinstance(value, list | tuple):
-        return [_describe(v) for v in value]
-    return repr(value)  # a RouterConfig or a callable router
+def _turn(message: ChatMessage) -> tuple[Role, str]:
+    """``message`` as a ``(role, text)`` turn; tool messages and non-text content raise."""
+    role = canonical_role(message.role.value)
+    if role is None:
+        readable = sorted(r.value for r in MessageRole if r.value in ROLE_ALIASES)
+        raise ValueError(
+            f"BacoLLM does not support {message.role.value!r} messages (no tool calling); "
+            f"use the roles {', '.join(readable)}"
+        )
+    if message.additional_kwargs.get("tool_calls"):
+        raise ValueError("BacoLLM does not support tool calling: a message carries tool_calls")
+    for block in message.blocks:
+        if not isinstance(block, _TEXT_BLOCKS):
+            raise ValueError(
+                f"BacoLLM reads text only; got a {type(block).__name__} in a "
+                f"{message.role.value} message"
+            )
+    return role, "\n".join(b.text for b in message.blocks if isinstance(b, TextBlock))
 
 
 def to_conversation(messages: Sequence[ChatMessage]) -> list[dict[str, str]]:
     """LlamaIndex messages as the engine's ``{"role", "content"}`` conversation.
 
-    System/developer, user and assistant messages map to ``system``, ``user`` and
-    ``assistant``. Consecutive messages of one role are joined with a blank line: LlamaIndex
-    puts ``LLM.system_prompt`` in front of a template's own system message, and many chat
-    templates reject two turns of one role in a row. Tool messages, tool calls and non-text
-    content are rejected: the models read text and BacoLLM does no tool calling.
+    System/developer, user and assistant (model, chatbot) messages map to ``system``,
+    ``user`` and ``assistant``. Consecutive messages of one role are joined
+    (:func:`~baco_integrations.conversation.merge_turns`): LlamaIndex puts
+    ``LLM.system_prompt`` in front of a template's own system message. Tool messages, tool
+    calls and non-text content are rejected: the models read text and BacoLLM does no tool
+    calling.
     """
-    conversation: list[dict[str, str]] = []
-    for message in messages:
-        role = _ROLES.get(message.role)
-        if role is None:
-            raise ValueError(
-                f"BacoLLM does not support {message.role.value!r} messages (no tool calling); "
-                f"use the roles {', '.join(sorted({r.value for r in _ROLES}))}"
-            )
-        if message.additional_kwargs.get("tool_calls"):
-            raise ValueError("BacoLLM does not support tool calling: a message carries tool_calls")
-        for block in message.blocks:
-            if not isinstance(block, _TEXT_BLOCKS):
-                raise ValueError(
-                    f"BacoLLM reads text only; got a {type(block).__name__} in a "
-                    f"{message.role.value} message"
-                )
-        content = "\n".join(b.text for b in message.blocks if isinstance(b, TextBlock))
-        if conversation and conversation[-1]["role"] == role:
-            conversation[-1]["content"] += "\n\n" + content
-        else:
-            conversation.append({"role": role, "content": content})
-    if not conversation:
-        raise ValueError("BacoLLM.chat needs at least one message")
-    return conversation
-
-
-def token_usage(outputs: Sequence[BacoOutput]) -> dict[str, int]:
-    """OpenAI-style usage of one prompt's samples; the prompt counts once (one shared prefill)."""
-    prompt = outputs[0].prompt_tokens if outputs else 0
-    completion = sum(o.num_tokens for o in outputs)
-    return {
-        "prompt_tokens": prompt,
-        "completion_tokens": completion,
-        "total_tokens": prompt + completion,
-    }
+    return merge_turns(_turn(message) for message in messages)
 
 
 def sample_info(output: BacoOutput) -> dict[str, Any]:
@@ -121,7 +91,7 @@ def sample_info(output: BacoOutput) -> dict[str, Any]:
 
 def _completion_response(outputs: Sequence[BacoOutput]) -> CompletionResponse:
     """One prompt's samples as a response; sample 0 is its text, all n are in ``samples``."""
-    first, usage = outputs[0], token_usage(outputs)
+    first, usage = outputs[0], Usage.of(outputs).as_dict()
     return CompletionResponse(
         text=first.text,
         additional_kwargs={
@@ -172,7 +142,9 @@ class BacoLLM(EngineSettings, CustomLLM):
     model_config = ConfigDict(
         extra="forbid",  # an unknown setting is an error, never silently dropped
         arbitrary_types_allowed=True,
-        validate_assignment=True,  # ``llm.gamma = 7`` fails like ``BacoLLM(gamma=7)``
+        # LlamaIndex's own fields are validated when assigned too; settings are validated
+        # first, as one GenerationSettings (EngineSettings.__setattr__).
+        validate_assignment=True,
         protected_namespaces=(),
     )
 
@@ -181,17 +153,6 @@ class BacoLLM(EngineSettings, CustomLLM):
         return "BacoLLM"
 
     # ----------------------------------------------------------------- identity
-
-    @property
-    def model_names(self) -> dict[str, str]:
-        """``{"base": ..., "aligned": ...}``: the two checkpoints."""
-        return self.engine.model_names
-
-    @property
-    def model_name(self) -> str:
-        """``baco:<base>+<aligned>``, as reported in ``metadata`` and traces."""
-        names = self.engine.model_names
-        return f"baco:{names['base']}+{names['aligned']}"
 
     @property
     def metadata(self) -> LLMMetadata:
@@ -214,9 +175,9 @@ class BacoLLM(EngineSettings, CustomLLM):
         """Metadata plus the two models and every setting, for instrumentation events."""
         return {
             **super().to_payload(),
-            "base_model": self.engine.model_names["base"],
-            "aligned_model": self.engine.model_names["aligned"],
-            **{name: _describe(getattr(self, name)) for name in GenerationSettings.model_fields},
+            "base_model": self.model_names["base"],
+            "aligned_model": self.model_names["aligned"],
+            **self.described_settings(),
         }
 
     # ----------------------------------------------------------------- settings
@@ -226,15 +187,15 @@ class BacoLLM(EngineSettings, CustomLLM):
     ) -> GenerationSettings:
         """The settings of one call: the fields with ``kwargs`` on top.
 
-        Unknown keyword arguments raise ``ValueError`` (``GenerationSettings.updated``). A
-        ``formatted`` prompt already holds the system prompt (``LLM._extend_prompt``), so the
-        field is not applied a second time; an explicit ``system_prompt=`` still is.
+        Unknown keyword arguments raise ``ValueError``; ``max_tokens`` is accepted as the
+        alias of ``max_new_tokens``. A ``formatted`` prompt already holds the system prompt
+        (``LLM._extend_prompt``), so the field is not applied a second time; an explicit
+        ``system_prompt=`` still is.
         """
         overrides = dict(kwargs)
         if formatted:
             overrides.setdefault("system_prompt", None)
-        settings = self.generation_settings
-        return settings.updated(**overrides) if overrides else settings
+        return self.settings_for_call(overrides)
 
     def _completion_call(
         self, prompt: str, formatted: bool, kwargs: Mapping[str, Any]
@@ -272,39 +233,30 @@ class BacoLLM(EngineSettings, CustomLLM):
         The engine's ``stream`` validates the settings and the prompt before iteration starts,
         so errors raise at the call, as with :meth:`complete`.
         """
-        if settings.n != 1:
-            raise ValueError(
-                f"streaming returns one sample, but n={settings.n}; use complete/chat (whose "
-                "additional_kwargs['samples'] hold all n samples) or stream with n=1"
-            )
-        return self._responses(prompt, settings, self.engine.stream(prompt, settings=settings))
+        check_streamable(settings)
+        return self._responses(self.engine.stream(prompt, settings=settings))
 
-    def _responses(
-        self, prompt: Prompt, settings: GenerationSettings, chunks: Iterator[BacoChunk]
-    ) -> CompletionResponseGen:
-        tracker = SourceTracker()
+    def _responses(self, chunks: Iterator[BacoChunk]) -> CompletionResponseGen:
+        """Each chunk as a response with the new ``delta``, the running text and sources; the
+        last also with the finish reason and usage, read from the finished sample."""
         text = ""
+        sources: list[Source] = []
         # Closing the engine's iterator (also when our consumer stops early) stops decoding
         # and releases the engine's lock.
         with closing(chunks):  # type: ignore[type-var]
             for chunk in chunks:
-                tracker.add(chunk)
                 text += chunk.text
+                sources.extend(chunk.sources)
                 info: dict[str, Any] = {
                     "source": chunk.source,
-                    "sources": list(tracker.sources),
-                    "base_fraction": tracker.base_fraction,
+                    "sources": list(sources),
+                    "base_fraction": base_fraction(sources),
                 }
                 raw: dict[str, Any] = {"chunk": chunk}
-                if chunk.finish_reason is not None:
-                    prompt_tokens, completion_tokens = chunk.prompt_tokens, len(tracker.sources)
-                    usage = {
-                        "prompt_tokens": prompt_tokens,
-                        "completion_tokens": completion_tokens,
-                        "total_tokens": prompt_tokens + completion_tokens,
-                    }
-                    info |= {"finish_reason": chunk.finish_reason, **usage}
-                    raw["usage"] = usage
+                if chunk.output is not None:
+                    usage = Usage.of([chunk.output]).as_dict()
+                    info |= {"finish_reason": chunk.output.finish_reason, **usage}
+                    raw |= {"usage": usage, "outputs": [chunk.output]}
                 yield CompletionResponse(
                     text=text, delta=chunk.text, additional_kwargs=info, raw=raw
                 )

@@ -102,9 +102,7 @@ async def test_ainvoke_and_astream_do_not_block_the_loop(engine: BacoEngine) -> 
     the loop, that coroutine could not release it."""
     llm = BacoLLM(engine=engine, max_new_tokens=12, seed=1)
     gate = DecodingGate()
-    text, _ = await asyncio.gather(
-        llm.ainvoke(STORY, router=gate), gate.release_once_started()
-    )
+    text, _ = await asyncio.gather(llm.ainvoke(STORY, router=gate), gate.release_once_started())
     assert text and gate.went
 
     gate = DecodingGate()

@@ -23,7 +23,7 @@ from pydantic import ValidationError
 
 from baco_integrations import BacoEngine
 from baco_integrations.config import SETTING_NAMES
-from baco_integrations.langchain import ChatBaco
+from baco_integrations.langchain import BacoLLM, ChatBaco
 from baco_integrations.langchain.chat_models import to_conversation
 
 
@@ -43,6 +43,7 @@ def test_messages_map_to_roles() -> None:
             AIMessage("Hello!"),
             HumanMessage([{"type": "text", "text": "Name "}, "a cat"]),
             ChatMessage(role="user", content="please"),
+            ChatMessage(role="model", content="Tom."),
         ]
     )
     assert conversation == [
@@ -51,6 +52,7 @@ def test_messages_map_to_roles() -> None:
         {"role": "assistant", "content": "Hello!"},
         # consecutive turns of one role are joined: many chat templates reject them
         {"role": "user", "content": "Name a cat\n\nplease"},
+        {"role": "assistant", "content": "Tom."},
     ]
 
 
@@ -78,10 +80,14 @@ def test_no_tools_no_structured_output(chat: ChatBaco) -> None:
         """Add two integers."""
         return a + b
 
-    with pytest.raises(NotImplementedError):
+    # Each refusal says what BACO offers instead.
+    with pytest.raises(NotImplementedError, match=r"tool calling.*langchain_agent_tool\.py"):
         chat.bind_tools([add])
-    with pytest.raises(NotImplementedError):
+    with pytest.raises(NotImplementedError, match="output parser"):
         chat.with_structured_output({"type": "object", "properties": {}})
+    llm = BacoLLM(engine=chat.engine)
+    with pytest.raises(NotImplementedError, match="BacoLLM does not support .*output parser"):
+        llm.with_structured_output({"type": "object", "properties": {}})
     with pytest.raises(ValueError, match="tool"):
         chat.invoke([HumanMessage("hi"), ToolMessage("3", tool_call_id="1")])
 

@@ -16,7 +16,8 @@ from pydantic import ValidationError
 
 from baco_integrations import BacoEngine, GenerationSettings, RouterConfig
 from baco_integrations.config import SETTING_NAMES
-from baco_integrations.langchain import BacoLLM
+from baco_integrations.langchain import BacoLLM, ChatBaco
+from baco_integrations.outputs import Usage
 
 PROMPT = PromptTemplate.from_template("Brainstorm names for a {thing}.")
 TOPICS = [{"thing": "coffee shop"}, {"thing": "pet rabbit"}, {"thing": "rainy day"}]
@@ -34,6 +35,19 @@ class Recorder(BaseCallbackHandler):
 
     def on_llm_end(self, response: LLMResult, **kwargs: Any) -> None:
         self.results.append(response)
+
+
+class StartRecorder(BaseCallbackHandler):
+    """Records what LangChain reports when a run starts (what tracers see)."""
+
+    def __init__(self) -> None:
+        self.starts: list[dict[str, Any]] = []
+
+    def on_llm_start(self, serialized: dict[str, Any], prompts: list[str], **kwargs: Any) -> None:
+        self.starts.append(kwargs)
+
+    def on_chat_model_start(self, serialized: dict[str, Any], messages: Any, **kwargs: Any) -> None:
+        self.starts.append(kwargs)
 
 
 class AsyncRecorder(AsyncCallbackHandler):
@@ -153,6 +167,27 @@ def test_per_call_gamma_changes_routing(engine: BacoEngine) -> None:
     assert bound.invoke(prompts[0]) == llm.invoke(prompts[0], gamma=1.0, n=1)
 
 
+@pytest.mark.parametrize("adapter", [BacoLLM, ChatBaco])
+def test_assignment_is_validated_and_leaves_no_bad_state(engine: BacoEngine, adapter: type) -> None:
+    llm = adapter(engine=engine, router="P", gamma=0.3, max_new_tokens=4, seed=0)
+    with pytest.raises(ValueError, match="gamma"):
+        llm.gamma = 7  # out of range for router P: refused now, not at the next call
+    assert llm.gamma == 0.3
+    llm.router = "h"  # validated values are stored as validated: canonical name
+    assert llm.router == "H"
+    llm.gamma = 7  # an entropy threshold may be 7
+    with pytest.raises(ValueError, match="gamma"):
+        llm.router = "P"  # ... but not a probability
+    assert (llm.router, llm.gamma) == ("H", 7)
+    with pytest.raises(ValueError, match="top_p"):
+        llm.top_p = 0
+    llm.stop = "zzz"
+    assert llm.stop == ["zzz"]
+    assert llm.invoke("Hi") is not None  # the instance still works
+    llm.streaming = True  # a LangChain field, not a setting: assigned as LangChain does
+    assert llm.streaming
+
+
 def test_router_config_and_max_tokens_alias(engine: BacoEngine) -> None:
     llm = BacoLLM(engine=engine, router=RouterConfig(strategy="H", gamma=0.5), max_tokens=5)
     assert llm.max_new_tokens == 5
@@ -188,6 +223,9 @@ def test_n_samples_and_generation_info(llm: BacoLLM) -> None:
     prompt_tokens = sum(gens[0].generation_info["prompt_tokens"] for gens in result.generations)
     assert usage["prompt_tokens"] == prompt_tokens > 0
     assert usage["total_tokens"] == prompt_tokens + completion
+    settings = llm.settings_for_call({"n": 3, "seed": 5})
+    outputs = llm.engine.generate(["Name a cat", "Ideas for a party"], settings=settings)
+    assert usage == Usage.of(o for samples in outputs for o in samples).as_dict()
     assert result.llm_output["models"] == llm.engine.model_names
     # invoke returns the first sample
     alone = llm.generate(["Name a cat"], n=3, seed=5).generations[0][0].text
@@ -200,14 +238,11 @@ def test_streamed_generation_info(llm: BacoLLM) -> None:
     (result,) = recorder.results
     (generation,) = result.generations[0]
     assert generation.text == text
-    info = generation.generation_info
-    reference = llm.generate(["Name a cat"]).generations[0][0].generation_info
-    for key in ("finish_reason", "num_tokens", "token_ids", "sources"):
-        assert info[key] == reference[key], key
-    assert len(info["sources"]) == reference["num_tokens"]
-    assert info["base_fraction"] == pytest.approx(
-        info["sources"].count("base") / info["num_tokens"]
-    )
+    reference = llm.generate(["Name a cat"])
+    # The stream's last chunk carries the finished sample: nothing is added up by hand.
+    assert generation.generation_info == reference.generations[0][0].generation_info
+    streaming = llm.model_copy(update={"streaming": True})
+    assert streaming.generate(["Name a cat"]).llm_output == reference.llm_output
 
 
 def test_streaming_n_above_one_is_refused(llm: BacoLLM) -> None:
@@ -263,6 +298,54 @@ def test_get_num_tokens_uses_the_real_tokenizer(llm: BacoLLM, engine: BacoEngine
 
 
 # ------------------------------------------------------------------------ stop strings
+
+
+@pytest.mark.parametrize("adapter", [BacoLLM, ChatBaco])
+def test_bad_stop_is_refused_before_langchain_reads_it(engine: BacoEngine, adapter: type) -> None:
+    llm = adapter(engine=engine, max_new_tokens=4)
+    recorder = StartRecorder()
+    config = {"callbacks": [recorder]}
+    calls = {
+        "invoke": lambda stop: llm.invoke("hi", config=config, stop=stop),
+        "stream": lambda stop: list(llm.stream("hi", config=config, stop=stop)),
+        "batch": lambda stop: llm.batch(["hi", "yo"], config=config, stop=stop),
+    }
+    for name, call in calls.items():
+        for bad in (5, ["x", 3]):
+            with pytest.raises(ValueError, match="stop must be a string or a list of strings"):
+                call(bad)
+            assert recorder.starts == [], (name, bad)  # no run was started, nothing traced
+
+
+@pytest.mark.parametrize("adapter", [BacoLLM, ChatBaco])
+async def test_bad_stop_is_refused_async(engine: BacoEngine, adapter: type) -> None:
+    llm = adapter(engine=engine, max_new_tokens=4)
+    with pytest.raises(ValueError, match="stop must be"):
+        await llm.ainvoke("hi", stop=5)
+    with pytest.raises(ValueError, match="stop must be"):
+        [c async for c in llm.astream("hi", stop=5)]
+    with pytest.raises(ValueError, match="stop must be"):
+        await llm.abatch(["hi"], stop=5)
+
+
+@pytest.mark.parametrize("adapter", [BacoLLM, ChatBaco])
+@pytest.mark.parametrize("entry", ["invoke", "stream", "batch"])
+def test_a_string_stop_is_one_stop_string_in_traces(
+    engine: BacoEngine, adapter: type, entry: str
+) -> None:
+    llm = adapter(engine=engine, max_new_tokens=4)
+    recorder = StartRecorder()
+    config = {"callbacks": [recorder]}
+    if entry == "invoke":
+        llm.invoke("hi", config=config, stop="abc")
+    elif entry == "stream":
+        list(llm.stream("hi", config=config, stop="abc"))
+    else:
+        llm.batch(["hi"], config=config, stop="abc")
+    (start,) = recorder.starts
+    assert start["invocation_params"]["stop"] == ["abc"]
+    assert start["options"]["stop"] == ["abc"]
+    assert start["metadata"]["ls_stop"] == ["abc"]
 
 
 def _stop_window(text: str, engine: BacoEngine) -> tuple[str, int]:

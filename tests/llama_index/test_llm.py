@@ -15,8 +15,17 @@ from llama_index.core.llms import (
 from llama_index.core.prompts import PromptTemplate
 from pydantic import ValidationError
 
-from baco_integrations import BacoEngine, GenerationSettings, RouterConfig, RouterInputs
+from baco_integrations import (
+    BacoEngine,
+    BacoOutput,
+    GenerationSettings,
+    RouterConfig,
+    RouterInputs,
+)
+from baco_integrations._adapter import display_name
+from baco_integrations.config import SETTING_NAMES
 from baco_integrations.llama_index import BacoLLM, to_conversation
+from baco_integrations.outputs import Usage
 from baco_integrations.testing import TinyPair
 
 USAGE_KEYS = ("prompt_tokens", "completion_tokens", "total_tokens")
@@ -72,6 +81,28 @@ def test_assignment_is_validated(llm: BacoLLM) -> None:
     assert llm.generation_settings.gamma == 0.7
     with pytest.raises(ValidationError, match="temperature"):
         llm.temperature = -1.0
+    assert llm.temperature == 1.0  # a failed assignment leaves nothing behind
+    llm.router = "h"
+    llm.gamma = 7  # an entropy threshold may be 7 ...
+    with pytest.raises(ValueError, match="gamma"):
+        llm.router = "P"  # ... a probability may not: the settings are checked together
+    assert (llm.router, llm.gamma) == ("H", 7)
+    assert llm.complete("Hi").text is not None
+
+
+def test_max_tokens_is_the_alias_of_max_new_tokens(engine: BacoEngine, engine_calls) -> None:
+    """As in LangChain: construction and per call; disagreeing with max_new_tokens raises."""
+    llm = BacoLLM(engine=engine, max_tokens=5, seed=0)
+    assert llm.max_new_tokens == 5 and llm.metadata.num_output == 5
+    response = llm.complete("Hi", max_tokens=3)
+    assert engine_calls.last[1].max_new_tokens == 3
+    assert response.additional_kwargs["completion_tokens"] <= 3
+    llm.chat([ChatMessage(role="user", content="Hi")], max_tokens=2)
+    assert engine_calls.last[1].max_new_tokens == 2
+    with pytest.raises(ValueError, match="alias"):
+        llm.complete("Hi", max_tokens=3, max_new_tokens=4)
+    with pytest.raises(ValidationError, match="alias"):
+        BacoLLM(engine=engine, max_tokens=3, max_new_tokens=4)
 
 
 def test_from_model_ids_checks_fields_before_loading(tiny_pair: TinyPair) -> None:
@@ -80,9 +111,9 @@ def test_from_model_ids_checks_fields_before_loading(tiny_pair: TinyPair) -> Non
     with pytest.raises(ValidationError, match="gamma"):
         BacoLLM.from_model_ids("/nonexistent/base", "/nonexistent/aligned", gamma=3.0)
     llm = BacoLLM.from_model_ids(
-        tiny_pair.base_dir, tiny_pair.aligned_dir, router="P", gamma=0.4, max_new_tokens=4
+        tiny_pair.base_dir, tiny_pair.aligned_dir, router="P", gamma=0.4, max_tokens=4
     )
-    assert (llm.router, llm.gamma) == ("P", 0.4)
+    assert (llm.router, llm.gamma, llm.max_new_tokens) == ("P", 0.4, 4)
     assert llm.complete("Hi").additional_kwargs["completion_tokens"] <= 4
 
 
@@ -292,11 +323,12 @@ def test_stream_complete_gives_deltas_and_running_text(llm: BacoLLM) -> None:
     assert last["finish_reason"] in {"stop", "length"}
     assert last["completion_tokens"] == len(last["sources"])
     assert responses[-1].raw["usage"] == {k: last[k] for k in USAGE_KEYS}
-    # The same sample as complete() with the same seed, and the same prompt length.
+    # The same sample as complete() with the same seed; the last response carries it whole.
     complete = llm.complete("Write a poem.")
     assert text == complete.text
+    assert responses[-1].raw["outputs"] == complete.raw["outputs"]
     assert last["sources"] == complete.additional_kwargs["sources"]
-    assert last["prompt_tokens"] == complete.additional_kwargs["prompt_tokens"]
+    assert responses[-1].raw["usage"] == complete.raw["usage"]
 
 
 def test_stream_chat(llm: BacoLLM) -> None:
@@ -340,3 +372,66 @@ def test_a_cross_family_pair_works_through_the_adapter(cross_engine: BacoEngine)
     assert "".join(r.delta or "" for r in streamed) == response.text
     reply = llm.chat([ChatMessage(role=MessageRole.USER, content="Ideas for a party")])
     assert reply.message.content == response.text  # the same prompt through the chat template
+
+
+# ----------------------------------------------------------------- facts shared with LangChain
+
+
+def test_both_adapters_state_the_core_facts_alike(engine: BacoEngine) -> None:
+    """Name, usage, settings in traces, turn merging and the streaming check are defined once
+    (in the core) and read the same through LlamaIndex and LangChain."""
+    from langchain_core.messages import HumanMessage, SystemMessage
+
+    from baco_integrations.langchain import BacoLLM as LangChainLLM
+    from baco_integrations.langchain import ChatBaco
+    from baco_integrations.langchain.chat_models import to_conversation as langchain_conversation
+
+    settings = {"max_new_tokens": 6, "seed": 0, "n": 2, "router": "P", "gamma": 0.4}
+    llama = BacoLLM(engine=engine, **settings)
+    chain = LangChainLLM(engine=engine, **settings)
+    assert llama.model_name == chain.model_name == ChatBaco(engine=engine).model_name
+    assert llama.model_name == display_name(engine.model_names)
+
+    completion, generation = llama.complete("Hi"), chain.generate(["Hi"])
+    assert completion.raw["usage"] == generation.llm_output["token_usage"]
+    assert completion.raw["usage"] == Usage.of(completion.raw["outputs"]).as_dict()
+
+    payload, params = llama.to_payload(), chain._identifying_params
+    assert {k: payload[k] for k in SETTING_NAMES} == {k: params[k] for k in SETTING_NAMES}
+
+    with pytest.raises(ValueError) as from_llama:
+        llama.stream_complete("Hi")
+    with pytest.raises(ValueError) as from_chain:
+        list(chain.stream("Hi"))
+    assert str(from_llama.value) == str(from_chain.value)
+
+    merged = to_conversation(
+        [
+            ChatMessage(role="system", content="A."),
+            ChatMessage(role="developer", content="B."),
+            ChatMessage(role="user", content="Hi"),
+        ]
+    )
+    assert merged == langchain_conversation(
+        [SystemMessage("A."), SystemMessage("B."), HumanMessage("Hi")]
+    )
+
+
+def test_usage_counts_each_prompt_once_and_refuses_mixed_calls() -> None:
+    def output(prompt_index: int, prompt_tokens: int, tokens: int) -> BacoOutput:
+        return BacoOutput(
+            text="x" * tokens,
+            token_ids=(1,) * tokens,
+            sources=("base",) * tokens,
+            finish_reason="length",
+            prompt_index=prompt_index,
+            prompt_tokens=prompt_tokens,
+        )
+
+    one_call = [output(0, 5, 2), output(0, 5, 3), output(1, 7, 4)]  # n=2 and n=1
+    usage = Usage.of(one_call)
+    assert (usage.prompt_tokens, usage.completion_tokens, usage.total_tokens) == (12, 9, 21)
+    assert usage + Usage.of([output(0, 3, 1)]) == Usage(prompt_tokens=15, completion_tokens=10)
+    assert Usage.from_dict(usage.as_dict()) == usage
+    with pytest.raises(ValueError, match="different engine calls"):
+        Usage.of([output(0, 5, 2), output(0, 3, 1)])  # prompt 0 of two calls
