@@ -12,7 +12,9 @@ from .config import (
     GenerationSettings,
     RouterConfig,
 )
+from .decoding.scheduler import EngineOverloaded
 from .engine import BacoEngine, DecodeStats, DecodingCancelled
+from .limits import EngineLimits
 from .outputs import BacoChunk, BacoOutput
 from .render import (
     Span,
@@ -32,6 +34,8 @@ __all__ = [
     "BacoOutput",
     "DecodeStats",
     "DecodingCancelled",
+    "EngineLimits",
+    "EngineOverloaded",
     "GenerationSettings",
     "Router",
     "RouterConfig",

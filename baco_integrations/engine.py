@@ -9,9 +9,11 @@ LlamaIndex or HTTP.
 
 from __future__ import annotations
 
+import asyncio
 import os
+import queue
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from typing import Any
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -26,11 +28,9 @@ from .decoding import (
     DecodingCancelled,
     Pair,
     Request,
-    RunningBatch,
-    SampleRecord,
     make_samples,
-    new_chunks,
 )
+from .decoding.scheduler import Listener, Progress, Scheduler
 from .limits import EngineLimits
 from .loading import load_causal_lm
 from .outputs import BacoChunk, BacoOutput
@@ -70,8 +70,9 @@ class BacoEngine:
     """Collaborative decoding with a base model and its aligned counterpart.
 
     When the two tokenizers differ (a cross-family pair), decoding works on text (see
-    docs/algorithm.md, Cross-family pairs). Calls are serialised by a lock, so threads may
-    share one engine: concurrent calls wait their turn.
+    docs/algorithm.md, Cross-family pairs). Threads and asyncio tasks may share one engine:
+    concurrent calls join one running batch and share its decoding steps (continuous
+    batching, see :mod:`baco_integrations.decoding.scheduler` and docs/performance.md).
     """
 
     def __init__(
@@ -99,7 +100,15 @@ class BacoEngine:
         self.compile = compile
         #: Both models and what decoding reads about each, computed once.
         self.pair = Pair.build(base_model, aligned_model, base_tokenizer, aligned_tokenizer)
-        self._lock = threading.Lock()
+        #: The one decoding loop that every call of this engine joins.
+        self.scheduler = Scheduler(
+            self.pair,
+            cache_implementation,
+            compile,
+            max_live_rows=self.limits.max_live_rows,
+            max_prefill_tokens=self.limits.max_prefill_tokens,
+            max_waiting=self.limits.max_waiting,
+        )
         #: Work done by the most recent call that finished.
         self.last_stats = DecodeStats()
 
@@ -251,9 +260,10 @@ class BacoEngine:
     ) -> list[list[BacoOutput]]:
         """Decode ``n`` samples for each prompt; ``outputs[i][j]`` is sample j of prompt i.
 
-        Setting ``cancel`` (a :class:`threading.Event`, or any object with an ``is_set()``
-        method) from another thread stops decoding after the current step and raises
-        :class:`DecodingCancelled` (no partial result is returned).
+        Concurrent calls share decoding steps. Setting ``cancel`` (a
+        :class:`threading.Event`, or any object with an ``is_set()`` method) from another
+        thread stops this call after the current step and raises :class:`DecodingCancelled`
+        (no partial result is returned); the other calls go on unchanged.
         """
         if cancel is not None and not callable(getattr(cancel, "is_set", None)):
             raise ValueError(
@@ -261,10 +271,34 @@ class BacoEngine:
                 f"{type(cancel).__name__}"
             )
         request = self.prepare(prompts, self.resolve_settings(settings, **overrides))
-        for _ in self._run(request):
-            if cancel is not None and cancel.is_set():
-                raise DecodingCancelled("generate was cancelled")
-        return request.outputs()
+        events: queue.SimpleQueue[Progress] = queue.SimpleQueue()
+        ticket = self.scheduler.submit(request, events.put, cancel)
+        try:
+            _wait_sync(events)
+        except BaseException:
+            self.scheduler.cancel(ticket)
+            raise
+        return self._finished(request)
+
+    async def agenerate(
+        self,
+        prompts: Prompt | Sequence[Prompt],
+        *,
+        settings: GenerationSettings | Mapping[str, Any] | None = None,
+        **overrides: Any,
+    ) -> list[list[BacoOutput]]:
+        """:meth:`generate` for asyncio, with no thread per call: the call joins the shared
+        decoding loop and is awaited; cancelling the task takes its rows out at once."""
+        request = self.prepare(prompts, self.resolve_settings(settings, **overrides))
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue[Progress] = asyncio.Queue()
+        ticket = self.scheduler.submit(request, _on_loop(loop, events))
+        try:
+            await _wait_async(events)
+        except BaseException:
+            self.scheduler.cancel(ticket)
+            raise
+        return self._finished(request)
 
     def stream(
         self,
@@ -275,17 +309,29 @@ class BacoEngine:
     ) -> Iterator[BacoChunk]:
         """Stream one prompt's samples as text deltas, each tagged with its source model.
 
-        Settings are validated here, before iteration starts. Closing the iterator early stops
-        decoding and frees the caches. The last chunk of each sample carries its output.
+        Settings are validated here, before iteration starts; decoding starts at the first
+        ``next()``. Closing the iterator early takes the call out of the batch and frees its
+        caches. The last chunk of each sample carries its output.
         """
-        if not (isinstance(prompt, str) or is_conversation(prompt)):
-            raise ValueError(
-                "stream takes one prompt (a string or a list of {'role','content'} messages), "
-                f"got {type(prompt).__name__}; use generate for a list of prompts"
-            )
-        settings_ = self.resolve_settings(settings, **overrides)
-        request = self.prepare([prompt], settings_, streaming=True)
-        return self._chunks(request)
+        request = self.prepare(
+            [_one_prompt(prompt)], self.resolve_settings(settings, **overrides), streaming=True
+        )
+        return self._stream(request)
+
+    def astream(
+        self,
+        prompt: Prompt,
+        *,
+        settings: GenerationSettings | Mapping[str, Any] | None = None,
+        **overrides: Any,
+    ) -> AsyncIterator[BacoChunk]:
+        """:meth:`stream` for asyncio (``async for chunk in engine.astream(...)``), with no
+        thread per call. Settings are validated here; ``aclose()`` or cancelling the consumer
+        takes the call out of the batch."""
+        request = self.prepare(
+            [_one_prompt(prompt)], self.resolve_settings(settings, **overrides), streaming=True
+        )
+        return self._astream(request)
 
     # ----------------------------------------------------------------- requests
 
@@ -329,27 +375,60 @@ class BacoEngine:
             )
         return min(max_new_tokens, window - longest)
 
-    def _run(self, request: Request) -> Iterator[list[SampleRecord]]:
-        """Decode ``request``; after each step yield the samples that changed. Closing the
-        iterator early stops decoding and frees the caches."""
-        with self._lock:
-            batch = RunningBatch(self.pair, self.cache_implementation, self.compile)
-            try:
-                batch.join(request)
-                while not batch.empty:
-                    yield batch.step()
-            finally:
-                if not batch.empty:
-                    batch.remove(request)
-                batch.release()
-                self.last_stats = request.stats
+    def _finished(self, request: Request) -> list[list[BacoOutput]]:
+        self.last_stats = request.stats
+        return request.outputs()
 
-    def _chunks(self, request: Request) -> Iterator[BacoChunk]:
-        stops = request.settings.stop
-        decoding = self._run(request)
+    def _stream(self, request: Request) -> Iterator[BacoChunk]:
+        events: queue.SimpleQueue[Progress] = queue.SimpleQueue()
+        ticket = self.scheduler.submit(request, events.put)
         try:
-            for changed in decoding:
-                for sample in changed:
-                    yield from new_chunks(sample, stops)
+            while (chunks := _next_chunks(events.get())) is not None:
+                yield from chunks
+            self.last_stats = request.stats
         finally:
-            decoding.close()
+            self.scheduler.cancel(ticket)  # a no-op once the request has finished
+
+    async def _astream(self, request: Request) -> AsyncIterator[BacoChunk]:
+        events: asyncio.Queue[Progress] = asyncio.Queue()
+        ticket = self.scheduler.submit(request, _on_loop(asyncio.get_running_loop(), events))
+        try:
+            while (chunks := _next_chunks(await events.get())) is not None:
+                for chunk in chunks:
+                    yield chunk
+            self.last_stats = request.stats
+        finally:
+            self.scheduler.cancel(ticket)
+
+
+def _one_prompt(prompt: object) -> Prompt:
+    if not (isinstance(prompt, str) or is_conversation(prompt)):
+        raise ValueError(
+            "stream takes one prompt (a string or a list of {'role','content'} messages), "
+            f"got {type(prompt).__name__}; use generate for a list of prompts"
+        )
+    return prompt  # type: ignore[return-value]
+
+
+def _next_chunks(event: Progress) -> list[BacoChunk] | None:
+    """A stream's next chunks, None at its end; raises the call's error."""
+    kind, value = event
+    if kind == "error":
+        raise value
+    return value if kind == "chunks" else None
+
+
+def _wait_sync(events: queue.SimpleQueue[Progress]) -> None:
+    while _next_chunks(events.get()) is not None:
+        pass
+
+
+async def _wait_async(events: asyncio.Queue[Progress]) -> None:
+    while _next_chunks(await events.get()) is not None:
+        pass
+
+
+def _on_loop(loop: asyncio.AbstractEventLoop, events: asyncio.Queue[Progress]) -> Listener:
+    """A listener that hands the scheduler's events to ``loop`` (it runs on the scheduler's
+    thread; a closed loop raises RuntimeError, which cancels the call)."""
+    return lambda event: loop.call_soon_threadsafe(events.put_nowait, event)

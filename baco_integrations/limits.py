@@ -42,6 +42,16 @@ class EngineLimits(BaseModel):
       also bounds the tokens generated (silently: the output then finishes with "length").
     * ``max_stop_chars`` (10,000): total characters of the stop strings, searched at every
       step.
+
+    And on the engine's continuous batching (concurrent calls share decoding steps):
+
+    * ``max_live_rows`` (1024): rows decoded at once, all calls together; a call that would
+      go past it waits its turn (FIFO).
+    * ``max_prefill_tokens`` (16,384): prompt tokens prefilled between two decoding steps, so
+      that a burst of new calls does not stall the running ones for long (the first waiting
+      call always joins an empty batch, whatever its size).
+    * ``max_waiting`` (1024): calls waiting to join; one more raises
+      :class:`~baco_integrations.EngineOverloaded` at once (a server answers 429/503).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -57,6 +67,18 @@ class EngineLimits(BaseModel):
     )
     max_stop_chars: _Cap = Field(
         default=10_000, description="Most characters of stop strings, all together."
+    )
+    max_live_rows: _Cap = Field(
+        default=1024,
+        description="Most rows decoded at once, all concurrent calls together; more wait.",
+    )
+    max_prefill_tokens: _Cap = Field(
+        default=16_384,
+        description="Most prompt tokens prefilled between two steps (one call always may).",
+    )
+    max_waiting: _Cap = Field(
+        default=1024,
+        description="Most calls waiting to join the batch; beyond, EngineOverloaded is raised.",
     )
 
     def check_settings(self, settings: GenerationSettings) -> None:

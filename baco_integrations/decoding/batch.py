@@ -17,7 +17,7 @@ from .pair import NO_SOURCE, Pair
 from .randomness import RowRandomness
 from .request import DecodeStats, Request
 from .samples import SampleRecord, TextSample, TokenSample
-from .step import Group, Step
+from .step import Group, RequestFailed, Step
 from .token_state import CacheImplementation
 
 
@@ -52,40 +52,46 @@ class RunningBatch:
         return not self.rows
 
     def join(self, request: Request) -> None:
-        """Prefill ``request``'s prompts and add its rows."""
-        if self.rows:
-            raise RuntimeError("a request can only join an empty batch")
+        """Prefill ``request``'s prompts and add its rows after the running ones."""
         self._counters_at_join[id(request)] = self.bridge.counters()
-        self.bridge.prefill(request)
-        self.randomness.generators = request.seed_generators(self.pair.device)
+        self.bridge.join(request)
+        rows = len(request.samples)
+        self.randomness.generators.extend(request.seed_generators(self.pair.device))
         if request.generator is None:
             request.generator = self.randomness.shared
-        self.requests = [request]
-        self.rows = list(request.samples)
-        self.row_requests = [request] * len(self.rows)
-        self.writers = torch.full(
-            (len(self.rows),), NO_SOURCE, dtype=torch.long, device=self.pair.device
-        )
-        self.writers_host = [NO_SOURCE] * len(self.rows)
+        self.requests.append(request)
+        self.rows.extend(request.samples)
+        self.row_requests.extend([request] * rows)
+        fresh = torch.full((rows,), NO_SOURCE, dtype=torch.long, device=self.pair.device)
+        self.writers = torch.cat([self.writers, fresh])
+        self.writers_host.extend([NO_SOURCE] * rows)
         self._regroup()
 
-    def step(self) -> list[SampleRecord]:
-        """Decode one token for every row; returns the samples that changed."""
-        tokens, sources = Step(
-            self.pair,
-            self.bridge,
-            self.groups,
-            self.writers,
-            self.writers_host,
-            self.randomness,
-            self.continuation,
-        ).run()
+    def step(self) -> list[tuple[SampleRecord, Request]]:
+        """Decode one token for every row; returns the samples that changed, with their
+        requests."""
+        before = self.randomness.snapshot()
+        try:
+            tokens, sources = Step(
+                self.pair,
+                self.bridge,
+                self.groups,
+                self.writers,
+                self.writers_host,
+                self.randomness,
+                self.continuation,
+            ).run()
+        except RequestFailed:
+            # The step is run again without the failed request: the others must draw the
+            # same numbers then as they would have now.
+            self.randomness.restore(before)
+            raise
         sources_host = sources.tolist()
         deltas = self.bridge.commit(self.rows, tokens.tolist(), sources_host, self.writers_host)
         self.writers, self.writers_host = sources, sources_host
         for request in self.requests:
             request.steps += 1
-        changed = list(self.rows)
+        changed = list(zip(self.rows, self.row_requests, strict=True))
         for sample, request, delta in zip(self.rows, self.row_requests, deltas, strict=True):
             _settle(sample, request, delta)
         keep = [r for r, sample in enumerate(self.rows) if not sample.finished]
@@ -102,9 +108,12 @@ class RunningBatch:
         self._keep([r for r, owner in enumerate(self.row_requests) if owner is not request])
 
     def release(self) -> None:
-        """Free every cache (the batch is unusable afterwards)."""
+        """Free every cache; the batch is empty and ready for new requests."""
         self.bridge.release()
         self.rows, self.row_requests, self.requests, self.groups = [], [], [], []
+        self.writers = self.writers[:0]
+        self.writers_host = []
+        self.randomness.generators = []
 
     def _keep(self, keep: Sequence[int]) -> None:
         """Keep only the rows ``keep``; requests left with no rows leave the batch."""

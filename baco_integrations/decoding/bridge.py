@@ -38,7 +38,7 @@ class Bridge(Protocol):
     #: Forwards run per source so far (a change means logits changed).
     def version(self, source: int) -> int: ...
 
-    def prefill(self, request: Request) -> None: ...
+    def join(self, request: Request) -> None: ...
 
     def before_step(self, writers: Sequence[int]) -> None: ...
 
@@ -88,9 +88,17 @@ class TokenBridge:
     def version(self, source: int) -> int:
         return self.states[source].forward_passes
 
-    def prefill(self, request: Request) -> None:
-        for state in self.states:
+    def join(self, request: Request) -> None:
+        """Prefill the request's prompts; into the running rows' caches if there are any."""
+        if self.states[0].cache is None:
+            for state in self.states:
+                state.prefill(request.prompt_ids[state.member.source], request.n, request.max_steps)
+            return
+        joining = [TokenModelState(state.member, state.decode_device) for state in self.states]
+        for state in joining:  # both prefills first: a failure here leaves the batch as it was
             state.prefill(request.prompt_ids[state.member.source], request.n, request.max_steps)
+        for state, new in zip(self.states, joining, strict=True):
+            state.merge(new, spare=request.max_steps)
 
     def before_step(self, writers: Sequence[int]) -> None:
         """Nothing to bring up to date: both models see every committed token."""
@@ -145,10 +153,18 @@ class TextBridge:
     def version(self, source: int) -> int:
         return self.states[source].forward_passes
 
-    def prefill(self, request: Request) -> None:
-        for state in self.states:
-            state.prefill(request.prompt_ids[state.member.source], request.n, request.max_steps)
-        self.samples = [s for s in request.samples if isinstance(s, TextSample)]
+    def join(self, request: Request) -> None:
+        """Prefill the request's prompts; into the running rows' caches if there are any."""
+        if self.states[0].cache is None:
+            for state in self.states:
+                state.prefill(request.prompt_ids[state.member.source], request.n, request.max_steps)
+        else:
+            joining = [TextModelState(state.member, state.decode_device) for state in self.states]
+            for state in joining:  # both prefills first: a failure leaves the batch as it was
+                state.prefill(request.prompt_ids[state.member.source], request.n, request.max_steps)
+            for state, new in zip(self.states, joining, strict=True):
+                state.merge(new, spare=request.max_steps)
+        self.samples.extend(s for s in request.samples if isinstance(s, TextSample))
 
     def _sync(self, source: int, rows: Sequence[int], writers: Sequence[int]) -> None:
         state = self.states[source]
@@ -213,6 +229,7 @@ class TextBridge:
     def release(self) -> None:
         for state in self.states:
             state.release()
+        self.samples = []
 
     def counters(self) -> DecodeStats:
         return _counters(self.states)

@@ -70,3 +70,13 @@ class RowRandomness:
     def uniform(self, rows: Sequence[int]) -> torch.Tensor:
         """One U[0, 1) draw per row."""
         return self._fill(torch.empty(len(rows), device=self.device), rows, "uniform_")
+
+    def snapshot(self) -> list[torch.Tensor]:
+        """Every generator's state, so that a step that fails draws nothing."""
+        generators = [self.shared, *(g for g in self.generators if g is not None)]
+        return [g.get_state() for g in generators]
+
+    def restore(self, states: list[torch.Tensor]) -> None:
+        generators = [self.shared, *(g for g in self.generators if g is not None)]
+        for generator, state in zip(generators, states, strict=True):
+            generator.set_state(state)

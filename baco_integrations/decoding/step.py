@@ -26,6 +26,14 @@ from .randomness import RowRandomness
 from .request import Request
 
 
+class RequestFailed(Exception):
+    """A step failed because of one request (its router raised); the others can go on."""
+
+    def __init__(self, request: Request, error: BaseException) -> None:
+        super().__init__(f"{type(error).__name__}: {error}")
+        self.request, self.error = request, error
+
+
 @dataclass(frozen=True)
 class Group:
     """The rows ``start:stop`` of the batch that belong to ``request``."""
@@ -168,7 +176,10 @@ class Step:
                 generator=request.generator,
                 draw_uniform=functools.partial(self._uniform, group, rows, at_boundary),
             )
-            choice = checked_choice(request.router(inputs), prev).long()
+            try:
+                choice = checked_choice(request.router(inputs), prev).long()
+            except Exception as exc:  # one request's router: fail that request alone
+                raise RequestFailed(request, exc) from exc
             want[group.slice] = torch.where(at_boundary, choice, prev)
         return want
 

@@ -19,6 +19,7 @@ from transformers import DynamicCache, PreTrainedTokenizerBase
 
 from ..detokenize import IncrementalDetokenizer
 from ..model_calls import run_prompts
+from .kv_cache import concat_rows, merge_masks
 from .pair import PairMember
 
 
@@ -217,6 +218,25 @@ class TextModelState:
         for name in ("next_position", "cached", "cached_slots", "pending", "fresh"):
             values = getattr(self, name)
             setattr(self, name, [values[r] for r in rows])
+
+    @torch.inference_mode()
+    def merge(self, other: TextModelState, spare: int) -> None:
+        """Append ``other``'s rows (just prefilled) to this state's. Slots are right-aligned
+        at the merged slot count, so each row's cached slots shift by its side's offset;
+        pending tokens stay pending (catch-ups here are ragged anyway)."""
+        assert self.cache is not None and other.cache is not None
+        slots = concat_rows(self.cache, self.slots, other.cache, other.slots)
+        self.mask = merge_masks(self.mask, self.slots, other.mask, other.slots, spare)
+        for state in (self, other):
+            shift = slots - state.slots
+            state.cached_slots = [[s + shift for s in row] for row in state.cached_slots]
+        self.slots = slots
+        for name in ("next_position", "cached", "cached_slots", "pending", "fresh"):
+            getattr(self, name).extend(getattr(other, name))
+        self._logits = torch.cat([self._logits, other._logits])
+        for name in ("forward_passes", "forward_tokens", "synced_tokens", "reused_tokens"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        other.release()
 
     def release(self) -> None:
         """Free the cache now rather than when the state is collected."""

@@ -10,6 +10,7 @@ import torch
 from transformers import Cache, CompileConfig, DynamicCache, StaticCache
 
 from ..model_calls import run_prompts
+from .kv_cache import concat_rows, merge_masks, select_rows
 from .pair import PairMember
 
 #: KV cache kinds: ``"dynamic"`` grows with the text (transformers' ``DynamicCache``);
@@ -17,19 +18,6 @@ from .pair import PairMember
 #: step writes in place instead of concatenating.
 CacheImplementation = Literal["dynamic", "static"]
 CACHE_IMPLEMENTATIONS: tuple[str, ...] = get_args(CacheImplementation)
-
-
-def _repeat_static_cache(cache: StaticCache, repeats: int, mark_static: bool = False) -> None:
-    """``batch_repeat_interleave`` for a filled ``StaticCache`` (transformers only has it for
-    dynamic layers), so that n samples share one prefill here too."""
-    layer: Any  # StaticLayer or StaticSlidingWindowLayer
-    for layer in cache.layers:
-        layer.keys = layer.keys.repeat_interleave(repeats, dim=0)
-        layer.values = layer.values.repeat_interleave(repeats, dim=0)
-        layer.batch_size = layer.keys.shape[0]
-        if mark_static:  # as StaticLayer does: fixed addresses let CUDA graphs skip copies
-            torch._dynamo.mark_static_address(layer.keys)
-            torch._dynamo.mark_static_address(layer.values)
 
 
 def compile_config(device: torch.device) -> CompileConfig:
@@ -65,9 +53,8 @@ class TokenModelState:
         #: Single-token steps run through ``torch.compile`` (static cache only: fixed shapes).
         #: transformers keeps the compiled call on the model, so it is compiled once, not per
         #: decoding call; prefill and multi-token catch-ups stay eager, as in ``generate``.
-        self.compiled_step: Callable[..., Any] | None = (
-            member.model.get_compiled_call(compile_config(self.device)) if compiled else None
-        )
+        self.compiled = compiled
+        self.compiled_step: Callable[..., Any] | None = None  # fetched at the first prefill
         self.cache: Cache | None = None
         self.mask = torch.empty(0)
         self.length = 0
@@ -90,6 +77,8 @@ class TokenModelState:
         """Run the left-padded prompts once and share each prompt's cache with its n samples;
         ``capacity`` is the most tokens any row will add."""
         width = max(len(p) for p in prompts)
+        if self.compiled and self.compiled_step is None:
+            self.compiled_step = self.model.get_compiled_call(compile_config(self.device))
         if self.static:
             self.cache = StaticCache(config=self.model.config, max_cache_len=width + capacity)
         else:
@@ -97,11 +86,9 @@ class TokenModelState:
         mask, last_logits = run_prompts(self.model, prompts, self.member.pad_id, self.cache)
         self.forward_passes += 1
         self.forward_tokens += int(mask.sum())
-        if n > 1:
-            if isinstance(self.cache, StaticCache):
-                _repeat_static_cache(self.cache, n, mark_static=self.compiled_step is not None)
-            else:
-                self.cache.batch_repeat_interleave(n)
+        if n > 1:  # each prompt's cache serves its n samples
+            repeat = torch.arange(len(prompts), device=self.device).repeat_interleave(n)
+            select_rows(self.cache, repeat, mark_static=self.compiled_step is not None)
         # Preallocated so that each step slices instead of concatenating (no quadratic copies).
         self.mask = torch.zeros(
             (len(prompts) * n, width + capacity), dtype=torch.long, device=self.device
@@ -131,6 +118,8 @@ class TokenModelState:
     def _catch_up(self) -> torch.Tensor:
         count = len(self.pending)
         ids = torch.stack(self.pending, dim=1)
+        if not self.static:
+            self.reserve(count)
         self.mask[:, self.length : self.length + count] = 1
         self.length += count
         offsets = torch.arange(count, device=self.device)
@@ -157,13 +146,41 @@ class TokenModelState:
 
     def select(self, keep: torch.Tensor) -> None:
         """Keep only the rows ``keep`` (indices, in order); their caches stay as they are."""
-        assert self.cache is not None and not self.static
-        self.cache.batch_select_indices(keep.to(self.device))
-        self.mask = self.mask[keep.to(self.device)]
-        self.positions = self.positions[keep.to(self.device)]
-        self.pending = [p[keep.to(self.device)] for p in self.pending]
+        assert self.cache is not None
+        index = keep.to(self.device)
+        select_rows(self.cache, index, mark_static=self.compiled_step is not None)
+        self.mask = self.mask[index]
+        self.positions = self.positions[index]
+        self.pending = [p[index] for p in self.pending]
         if self._logits is not None:
             self._logits = self._logits[keep.to(self._logits.device)]
+
+    @torch.inference_mode()
+    def merge(self, other: TokenModelState, spare: int) -> None:
+        """Append ``other``'s rows (just prefilled) to this state's, with room for ``spare``
+        more tokens. Rows here first run their pending tokens: every row must have the same
+        number pending, and the joining rows have none."""
+        assert self.cache is not None and other.cache is not None
+        if self.pending:
+            self.logits()
+        assert self._logits is not None and other._logits is not None
+        slots = concat_rows(self.cache, self.length, other.cache, other.length)
+        self.mask = merge_masks(self.mask, self.length, other.mask, other.length, spare)
+        self.length = slots
+        self.positions = torch.cat([self.positions, other.positions])
+        self._logits = torch.cat([self._logits, other._logits])
+        self.forward_passes += other.forward_passes
+        self.forward_tokens += other.forward_tokens
+        other.release()
+
+    def reserve(self, count: int) -> None:
+        """Make room in the attention mask for ``count`` more tokens (dynamic cache)."""
+        if self.length + count > self.mask.shape[1]:
+            grown = self.mask.new_zeros(
+                (self.mask.shape[0], max(2 * self.mask.shape[1], self.length + count))
+            )
+            grown[:, : self.length] = self.mask[:, : self.length]
+            self.mask = grown
 
     def release(self) -> None:
         """Free the cache now rather than when the state is collected."""

@@ -1,0 +1,237 @@
+"""Continuous batching: one decoding loop over the rows of every live request.
+
+Callers (threads, asyncio tasks) submit requests; one scheduler thread runs the running batch
+step by step. Between steps, waiting requests join in FIFO order (prefilled, their caches
+merged into the batch's) within the caps on live rows and prefill tokens per step; finished
+rows leave at the end of their step, cancelled requests before the next one. The thread runs
+while there is work and ends when there is none (a new request starts it again), so an idle
+engine holds no thread.
+
+Why this shape (docs/performance.md, Concurrency): nano-vllm and vLLM schedule over a paged KV
+cache that one model owns; BACO runs two models whose caches must stay row-aligned, and the
+cross-family bridge re-tokenizes per row, so rows are kept in per-model transformers caches
+and merged or filtered between steps as text-generation-inference's ``CausalLMBatch`` does.
+A static cache is sized for one batch, so with it a request joins only an empty batch.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from ..outputs import BacoChunk
+from .batch import RunningBatch
+from .chunks import new_chunks
+from .pair import Pair
+from .request import DecodingCancelled, Request
+from .samples import SampleRecord
+from .step import RequestFailed
+from .token_state import CacheImplementation
+
+#: What a ticket's listener receives: ("chunks", list[BacoChunk]), ("done", None) or
+#: ("error", exception). It is called on the scheduler thread and must not block.
+Progress = tuple[str, Any]
+Listener = Callable[[Progress], None]
+
+
+class EngineOverloaded(RuntimeError):
+    """The scheduler's waiting queue is full: retry later (a server answers 429/503)."""
+
+
+class Ticket:
+    """A submitted request: how its caller hears of progress, and how it cancels."""
+
+    def __init__(self, request: Request, listener: Listener, cancel: Any = None) -> None:
+        self.request = request
+        self.listener = listener
+        #: An object with ``is_set()`` (a threading.Event) polled at every step.
+        self.cancel_event = cancel
+        self.cancelled = False
+        self.finished = threading.Event()
+        self._closing = threading.Lock()
+
+    def _notify(self, event: Progress) -> None:
+        try:
+            self.listener(event)
+        except RuntimeError:  # the listener's event loop is closed: nobody is waiting
+            self.cancelled = True
+
+    def _close(self, error: BaseException | None) -> None:
+        """Tell the caller the request ended (once: a cancel and the loop may both try)."""
+        with self._closing:
+            if self.finished.is_set():
+                return
+            self.finished.set()
+        self._notify(("done", None) if error is None else ("error", error))
+
+    @property
+    def wants_out(self) -> bool:
+        return self.cancelled or (self.cancel_event is not None and self.cancel_event.is_set())
+
+
+class Scheduler:
+    """Runs the decoding loop for every request submitted to one engine."""
+
+    def __init__(
+        self,
+        pair: Pair,
+        cache_implementation: CacheImplementation,
+        compiled: bool,
+        *,
+        max_live_rows: int,
+        max_prefill_tokens: int,
+        max_waiting: int,
+    ) -> None:
+        self.batch = RunningBatch(pair, cache_implementation, compiled)
+        self.static = cache_implementation == "static"
+        self.max_live_rows = max_live_rows
+        self.max_prefill_tokens = max_prefill_tokens
+        self.max_waiting = max_waiting
+        self._waiting: deque[Ticket] = deque()
+        self._live: dict[int, Ticket] = {}  # by id(request)
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self.steps = 0
+
+    # ------------------------------------------------------------- callers' side
+
+    def submit(self, request: Request, listener: Listener, cancel: Any = None) -> Ticket:
+        """Queue ``request``; its listener hears of chunks (streaming) and the end."""
+        if threading.current_thread() is self._thread:
+            raise RuntimeError(
+                "a BACO call was made from the engine's decoding thread (inside a router?): "
+                "it would wait for itself; call the engine from another thread"
+            )
+        if request.rows > self.max_live_rows:
+            raise ValueError(
+                f"{request.rows} rows (prompts x n) is more than the engine decodes at once "
+                f"(EngineLimits.max_live_rows={self.max_live_rows}); lower n or split the call"
+            )
+        ticket = Ticket(request, listener, cancel)
+        with self._lock:
+            if len(self._waiting) >= self.max_waiting:
+                raise EngineOverloaded(
+                    f"{len(self._waiting)} requests are already waiting for this engine "
+                    f"(EngineLimits.max_waiting={self.max_waiting}); retry later"
+                )
+            self._waiting.append(ticket)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name=THREAD_NAME, daemon=True)
+                self._thread.start()
+        return ticket
+
+    def cancel(self, ticket: Ticket) -> None:
+        """Stop ``ticket``'s request before the next step; its caller is told at once."""
+        ticket.cancelled = True
+        ticket._close(DecodingCancelled("the call was cancelled"))
+
+    def wait_idle(self, timeout: float | None = None) -> bool:
+        """Wait until no request is live or waiting and the loop's thread has ended."""
+        with self._lock:
+            thread = self._thread
+        if thread is not None:
+            thread.join(timeout)
+        return not thread or not thread.is_alive()
+
+    @property
+    def live_rows(self) -> int:
+        return len(self.batch.rows)
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiting)
+
+    # ------------------------------------------------------------- the loop
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                self._drop_cancelled_waiting()
+                if self.batch.empty and not self._waiting:
+                    self._thread = None
+                    return
+                admitted = self._admit()
+            for ticket in admitted:
+                self._join(ticket)
+            self._drop_cancelled_live()
+            if not self.batch.empty:
+                self._step()
+
+    def _admit(self) -> list[Ticket]:
+        """Waiting tickets that join before the next step, in FIFO order, within the caps."""
+        admitted: list[Ticket] = []
+        rows, prefill = len(self.batch.rows), 0
+        while self._waiting:
+            request = self._waiting[0].request
+            tokens = sum(len(ids) for per_model in request.prompt_ids for ids in per_model)
+            first = rows == 0 and not admitted
+            fits = rows + request.rows <= self.max_live_rows and (
+                prefill + tokens <= self.max_prefill_tokens or first
+            )
+            if not fits or (self.static and not first):
+                break
+            admitted.append(self._waiting.popleft())
+            rows, prefill = rows + request.rows, prefill + tokens
+        return admitted
+
+    def _join(self, ticket: Ticket) -> None:
+        if ticket.wants_out:
+            ticket._close(DecodingCancelled("the call was cancelled"))
+            return
+        try:
+            self.batch.join(ticket.request)
+        except Exception as error:  # this request's prefill failed; the batch is unchanged
+            ticket._close(error)
+            return
+        self._live[id(ticket.request)] = ticket
+
+    def _drop_cancelled_waiting(self) -> None:
+        for ticket in [t for t in self._waiting if t.wants_out]:
+            self._waiting.remove(ticket)
+            ticket._close(DecodingCancelled("the call was cancelled"))
+
+    def _drop_cancelled_live(self) -> None:
+        for ticket in [t for t in self._live.values() if t.wants_out]:
+            self._leave(ticket, DecodingCancelled("the call was cancelled"))
+
+    def _leave(self, ticket: Ticket, error: BaseException | None) -> None:
+        if not ticket.request.done:
+            self.batch.remove(ticket.request)
+        self._live.pop(id(ticket.request), None)
+        ticket.request.error = error
+        ticket._close(error)
+
+    def _step(self) -> None:
+        try:
+            changed = self.batch.step()
+        except RequestFailed as failure:
+            self._leave(self._live[id(failure.request)], failure.error)
+            return
+        except Exception as error:  # nothing says whose: every live request fails
+            for ticket in list(self._live.values()):
+                self._leave(ticket, error)
+            self.batch.release()
+            return
+        self.steps += 1
+        self._deliver(changed)
+
+    def _deliver(self, changed: list[tuple[SampleRecord, Request]]) -> None:
+        """Chunks to streaming callers, then word to those whose request finished."""
+        streamed: dict[int, list[BacoChunk]] = {}
+        for sample, request in changed:
+            if request.streaming:
+                chunks = streamed.setdefault(id(request), [])
+                chunks.extend(new_chunks(sample, request.settings.stop))
+        for key, chunks in streamed.items():
+            if chunks and (ticket := self._live.get(key)) is not None:
+                ticket._notify(("chunks", chunks))
+        for key, ticket in list(self._live.items()):
+            if ticket.request.done:
+                del self._live[key]
+                ticket._close(None)
+
+
+#: Name of the scheduler threads (tests look for leftovers by it).
+THREAD_NAME = "baco-scheduler"
