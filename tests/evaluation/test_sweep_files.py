@@ -125,6 +125,13 @@ def test_a_linked_output_dir_is_refused(config: SweepConfig, run: Any, tmp_path:
     assert list(elsewhere.iterdir()) == []
 
 
+def test_an_output_dir_that_is_a_file_is_refused(config: SweepConfig, run: Any) -> None:
+    Path(config.output_dir).write_text("not a folder\n")
+    with pytest.raises(UnsafeOutputError, match="out is not a directory"):
+        run(config)
+    assert Path(config.output_dir).read_text() == "not a folder\n"
+
+
 def test_a_hard_linked_store_is_not_appended_to(
     config: SweepConfig, run: Any, tmp_path: Path
 ) -> None:

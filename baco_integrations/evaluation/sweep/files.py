@@ -56,7 +56,10 @@ def ensure_output_dir(path: Path) -> Path:
     """Create ``path`` (and its parents) if needed; refuse a link or a non-directory."""
     if path.is_symlink():
         raise _refusal(path, f"is a symbolic link (to {os.readlink(path)!r})")
-    path.mkdir(parents=True, exist_ok=True)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:  # a file of that name
+        raise _refusal(path, "is not a directory") from None
     if path.is_symlink() or not path.is_dir():  # lost a race to whoever planted it
         raise _refusal(path, "is not a directory")
     return path
