@@ -1117,7 +1117,7 @@ def test_real_pair_left_padded_cache_matches_unpadded(
             torch.tensor([[steps[0]]] * len(batch)),
             torch.tensor([steps[1:]] * len(batch)),
         ]
-        outs = []
+        outs: list[torch.Tensor] = []
         for chunk in [ids, *steps_as_chunks]:  # prefill, one token, then three at once
             if outs:
                 mask = torch.cat([mask, torch.ones_like(chunk)], dim=1)
