@@ -200,14 +200,17 @@ class GenerationStore:
                 f"{self.path}, line {lineno}: not valid JSON ({exc}); fix or remove that line, "
                 "or rerun with --no-resume"
             ) from exc
+        where = f"{self.path}, line {lineno}: not a generation record"
+        fix = "Fix or remove that line, or rerun with --no-resume"
+        if not isinstance(data, dict):
+            raise StoreRecordError(
+                f"{where}: expected a JSON object, got {type(data).__name__}. {fix}"
+            )
         try:
             GenerationRecord.model_validate(data)
         except ValidationError as exc:
-            raise StoreRecordError(
-                f"{self.path}, line {lineno}: not a generation record: {_describe(exc)}. Fix or "
-                "remove that line, or rerun with --no-resume"
-            ) from None
-        return data  # type: ignore[no-any-return]
+            raise StoreRecordError(f"{where}: {_describe(exc)}. {fix}") from None
+        return data
 
     def _load(self) -> None:
         data = self._read()
