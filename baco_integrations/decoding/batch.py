@@ -51,10 +51,17 @@ class RunningBatch:
     def empty(self) -> bool:
         return not self.rows
 
-    def join(self, request: Request) -> None:
-        """Prefill ``request``'s prompts and add its rows after the running ones."""
-        self._counters_at_join[id(request)] = self.bridge.counters()
-        self.bridge.join(request)
+    def join(self, requests: Sequence[Request]) -> None:
+        """Prefill the requests' prompts (one forward per model) and add their rows after the
+        running ones."""
+        counters = self.bridge.counters()
+        self.bridge.join(requests)
+        for request in requests:
+            self._counters_at_join[id(request)] = counters
+            self._add_rows(request)
+        self._regroup()
+
+    def _add_rows(self, request: Request) -> None:
         rows = len(request.samples)
         self.randomness.generators.extend(request.seed_generators(self.pair.device))
         if request.generator is None:
@@ -65,7 +72,6 @@ class RunningBatch:
         fresh = torch.full((rows,), NO_SOURCE, dtype=torch.long, device=self.pair.device)
         self.writers = torch.cat([self.writers, fresh])
         self.writers_host.extend([NO_SOURCE] * rows)
-        self._regroup()
 
     def step(self) -> list[tuple[SampleRecord, Request]]:
         """Decode one token for every row; returns the samples that changed, with their

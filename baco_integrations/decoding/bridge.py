@@ -15,13 +15,13 @@ tokens to the samples and the caches.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Protocol
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
 
 import torch
 
 from ..detokenize import IncrementalDetokenizer
-from .pair import BASE, SOURCE_IDS, Pair
+from .pair import BASE, SOURCE_IDS, Pair, PairMember
 from .request import DecodeStats, Request
 from .samples import SampleRecord, TextSample, TokenSample
 from .text_state import TextModelState, encode_text
@@ -38,7 +38,7 @@ class Bridge(Protocol):
     #: Forwards run per source so far (a change means logits changed).
     def version(self, source: int) -> int: ...
 
-    def join(self, request: Request) -> None: ...
+    def join(self, requests: Sequence[Request]) -> None: ...
 
     def before_step(self, writers: Sequence[int]) -> None: ...
 
@@ -73,6 +73,31 @@ def _counters(states: Sequence[TokenModelState | TextModelState]) -> DecodeStats
     return stats
 
 
+def _join(
+    states: Sequence[Any],
+    requests: Sequence[Request],
+    new_state: Callable[[PairMember], Any],
+) -> None:
+    """Prefill ``requests`` into ``states`` (empty ones directly; running ones through fresh
+    states whose rows are then merged in). Both prefills come first, so a failure there leaves
+    the running rows as they were."""
+    repeats = [r.n for r in requests for _ in r.prompts]
+    capacity = max(r.max_steps for r in requests)
+
+    def prompts(member: PairMember) -> list[list[int]]:
+        return [ids for r in requests for ids in r.prompt_ids[member.source]]
+
+    if states[0].cache is None:
+        for state in states:
+            state.prefill(prompts(state.member), repeats, capacity)
+        return
+    joining = [new_state(state.member) for state in states]
+    for state in joining:
+        state.prefill(prompts(state.member), repeats, capacity)
+    for state, new in zip(states, joining, strict=True):
+        state.merge(new, spare=capacity)
+
+
 class TokenBridge:
     """A shared tokenizer: tokens are the shared currency (the fast path)."""
 
@@ -88,17 +113,10 @@ class TokenBridge:
     def version(self, source: int) -> int:
         return self.states[source].forward_passes
 
-    def join(self, request: Request) -> None:
-        """Prefill the request's prompts; into the running rows' caches if there are any."""
-        if self.states[0].cache is None:
-            for state in self.states:
-                state.prefill(request.prompt_ids[state.member.source], request.n, request.max_steps)
-            return
-        joining = [TokenModelState(state.member, state.decode_device) for state in self.states]
-        for state in joining:  # both prefills first: a failure here leaves the batch as it was
-            state.prefill(request.prompt_ids[state.member.source], request.n, request.max_steps)
-        for state, new in zip(self.states, joining, strict=True):
-            state.merge(new, spare=request.max_steps)
+    def join(self, requests: Sequence[Request]) -> None:
+        """Prefill the requests' prompts in one forward per model, into the running rows'
+        caches if there are any."""
+        _join(self.states, requests, lambda m: TokenModelState(m, self.pair.device))
 
     def before_step(self, writers: Sequence[int]) -> None:
         """Nothing to bring up to date: both models see every committed token."""
@@ -153,18 +171,11 @@ class TextBridge:
     def version(self, source: int) -> int:
         return self.states[source].forward_passes
 
-    def join(self, request: Request) -> None:
-        """Prefill the request's prompts; into the running rows' caches if there are any."""
-        if self.states[0].cache is None:
-            for state in self.states:
-                state.prefill(request.prompt_ids[state.member.source], request.n, request.max_steps)
-        else:
-            joining = [TextModelState(state.member, state.decode_device) for state in self.states]
-            for state in joining:  # both prefills first: a failure leaves the batch as it was
-                state.prefill(request.prompt_ids[state.member.source], request.n, request.max_steps)
-            for state, new in zip(self.states, joining, strict=True):
-                state.merge(new, spare=request.max_steps)
-        self.samples.extend(s for s in request.samples if isinstance(s, TextSample))
+    def join(self, requests: Sequence[Request]) -> None:
+        """Prefill the requests' prompts in one forward per model, into the running rows'
+        caches if there are any."""
+        _join(self.states, requests, lambda m: TextModelState(m, self.pair.device))
+        self.samples.extend(s for r in requests for s in r.samples if isinstance(s, TextSample))
 
     def _sync(self, source: int, rows: Sequence[int], writers: Sequence[int]) -> None:
         state = self.states[source]

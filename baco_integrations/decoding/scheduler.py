@@ -16,7 +16,9 @@ A static cache is sized for one batch, so with it a request joins only an empty 
 
 from __future__ import annotations
 
+import atexit
 import threading
+import weakref
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -94,6 +96,7 @@ class Scheduler:
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self.steps = 0
+        _SCHEDULERS.add(self)
 
     # ------------------------------------------------------------- callers' side
 
@@ -127,6 +130,15 @@ class Scheduler:
         ticket.cancelled = True
         ticket._close(DecodingCancelled("the call was cancelled"))
 
+    def shutdown(self, timeout: float | None = 30.0) -> bool:
+        """Cancel every call and wait for the loop's thread to end (at interpreter exit, so
+        that no thread is still inside torch when the process tears down)."""
+        with self._lock:
+            tickets = [*self._waiting, *self._live.values()]
+        for ticket in tickets:
+            self.cancel(ticket)
+        return self.wait_idle(timeout)
+
     def wait_idle(self, timeout: float | None = None) -> bool:
         """Wait until no request is live or waiting and the loop's thread has ended."""
         with self._lock:
@@ -153,8 +165,8 @@ class Scheduler:
                     self._thread = None
                     return
                 admitted = self._admit()
-            for ticket in admitted:
-                self._join(ticket)
+            if admitted:
+                self._join(admitted)
             self._drop_cancelled_live()
             if not self.batch.empty:
                 self._step()
@@ -176,16 +188,28 @@ class Scheduler:
             rows, prefill = rows + request.rows, prefill + tokens
         return admitted
 
-    def _join(self, ticket: Ticket) -> None:
-        if ticket.wants_out:
-            ticket._close(DecodingCancelled("the call was cancelled"))
+    def _join(self, tickets: list[Ticket]) -> None:
+        """Prefill the admitted requests together; if that fails, they fail (one at a time
+        tells whose prompt was at fault) and the running rows are untouched."""
+        tickets = [t for t in tickets if not self._cancelled(t)]
+        if not tickets:
             return
         try:
-            self.batch.join(ticket.request)
-        except Exception as error:  # this request's prefill failed; the batch is unchanged
-            ticket._close(error)
+            self.batch.join([t.request for t in tickets])
+        except Exception as error:
+            if len(tickets) == 1:
+                tickets[0]._close(error)
+                return
+            for ticket in tickets:
+                self._join([ticket])
             return
-        self._live[id(ticket.request)] = ticket
+        for ticket in tickets:
+            self._live[id(ticket.request)] = ticket
+
+    def _cancelled(self, ticket: Ticket) -> bool:
+        if ticket.wants_out:
+            ticket._close(DecodingCancelled("the call was cancelled"))
+        return ticket.wants_out
 
     def _drop_cancelled_waiting(self) -> None:
         for ticket in [t for t in self._waiting if t.wants_out]:
@@ -235,3 +259,11 @@ class Scheduler:
 
 #: Name of the scheduler threads (tests look for leftovers by it).
 THREAD_NAME = "baco-scheduler"
+
+_SCHEDULERS: weakref.WeakSet[Scheduler] = weakref.WeakSet()
+
+
+@atexit.register
+def _shut_down_all() -> None:
+    for scheduler in list(_SCHEDULERS):
+        scheduler.shutdown()

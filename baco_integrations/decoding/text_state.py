@@ -92,26 +92,29 @@ class TextModelState:
         self.last_sync: tuple[int, int, int] | None = None
 
     @torch.inference_mode()
-    def prefill(self, prompts: Sequence[list[int]], n: int, capacity: int) -> None:
-        """Run the left-padded prompts once and share each prompt's cache with its n samples;
+    def prefill(self, prompts: Sequence[list[int]], repeats: Sequence[int], capacity: int) -> None:
+        """Run the left-padded prompts once; prompt ``i``'s cache serves ``repeats[i]`` rows.
         ``capacity`` is a first guess of the slots the run needs (the mask grows past it)."""
         self.cache = DynamicCache(config=self.model.config)
         mask, last_logits = run_prompts(self.model, prompts, self.member.pad_id, self.cache)
         width = mask.shape[1]
         self.forward_passes += 1
         self.forward_tokens += int(mask.sum())
-        if n > 1:
-            self.cache.batch_repeat_interleave(n)
-        rows = len(prompts) * n
-        self.mask = torch.zeros((rows, width + capacity), dtype=torch.long, device=self.device)
-        self.mask[:, :width] = mask.repeat_interleave(n, dim=0)
+        index = [i for i, k in enumerate(repeats) for _ in range(k)]
+        rows = torch.tensor(index, device=self.device)
+        if len(index) != len(prompts):
+            self.cache.batch_select_indices(rows)
+        self.mask = torch.zeros(
+            (len(index), width + capacity), dtype=torch.long, device=self.device
+        )
+        self.mask[:, :width] = mask[rows]
         self.slots = width
-        self.next_position = [len(p) for p in prompts for _ in range(n)]
-        self.cached = [[] for _ in range(rows)]
-        self.cached_slots = [[] for _ in range(rows)]
-        self.pending = [[] for _ in range(rows)]
-        self.fresh = [True] * rows
-        logits = last_logits[:, : self.vocab_size].float().repeat_interleave(n, dim=0)
+        self.next_position = [len(prompts[i]) for i in index]
+        self.cached = [[] for _ in index]
+        self.cached_slots = [[] for _ in index]
+        self.pending = [[] for _ in index]
+        self.fresh = [True] * len(index)
+        logits = last_logits[rows.to(last_logits.device), : self.vocab_size].float()
         self._logits = logits.to(self.decode_device)
 
     def view(self, row: int) -> list[int]:

@@ -73,9 +73,9 @@ class TokenModelState:
         return self.member.vocab_size
 
     @torch.inference_mode()
-    def prefill(self, prompts: Sequence[list[int]], n: int, capacity: int) -> None:
-        """Run the left-padded prompts once and share each prompt's cache with its n samples;
-        ``capacity`` is the most tokens any row will add."""
+    def prefill(self, prompts: Sequence[list[int]], repeats: Sequence[int], capacity: int) -> None:
+        """Run the left-padded prompts once; prompt ``i``'s cache serves ``repeats[i]`` rows
+        (its samples). ``capacity`` is the most tokens any row will add."""
         width = max(len(p) for p in prompts)
         if self.compiled and self.compiled_step is None:
             self.compiled_step = self.model.get_compiled_call(compile_config(self.device))
@@ -86,18 +86,21 @@ class TokenModelState:
         mask, last_logits = run_prompts(self.model, prompts, self.member.pad_id, self.cache)
         self.forward_passes += 1
         self.forward_tokens += int(mask.sum())
-        if n > 1:  # each prompt's cache serves its n samples
-            repeat = torch.arange(len(prompts), device=self.device).repeat_interleave(n)
-            select_rows(self.cache, repeat, mark_static=self.compiled_step is not None)
-        # Preallocated so that each step slices instead of concatenating (no quadratic copies).
-        self.mask = torch.zeros(
-            (len(prompts) * n, width + capacity), dtype=torch.long, device=self.device
+        rows = torch.arange(len(prompts), device=self.device).repeat_interleave(
+            torch.tensor(list(repeats), device=self.device)
         )
-        self.mask[:, :width] = mask.repeat_interleave(n, dim=0)
+        if len(rows) != len(prompts):
+            select_rows(self.cache, rows, mark_static=self.compiled_step is not None)
+        # Preallocated so that each step slices instead of concatenating (no quadratic copies).
+        self.mask = torch.zeros((len(rows), width + capacity), dtype=torch.long, device=self.device)
+        self.mask[:, :width] = mask[rows]
         self.length = width
-        self.positions = mask.sum(-1).repeat_interleave(n, dim=0)  # each row's next position
-        logits = last_logits[:, : self.vocab_size].float().repeat_interleave(n, dim=0)
-        self._logits = logits.to(self.decode_device)
+        self.positions = mask.sum(-1)[rows]  # each row's next position
+        self._logits = (
+            last_logits[rows.to(last_logits.device), : self.vocab_size]
+            .float()
+            .to(self.decode_device)
+        )
 
     def push(self, tokens: torch.Tensor) -> None:
         """Append one token per row; it is run at the next catch-up."""

@@ -1,4 +1,4 @@
-"""Evaluation protocol metrics (ALGORITHM.md, Evaluation).
+"""Evaluation protocol metrics (docs/algorithm.md, Evaluation protocol).
 
 Diversity over the n responses to one prompt (:mod:`.lexical`, :mod:`.semantic`), quality per
 response (:mod:`.quality`), and coverage / dominance of methods' operating points per

@@ -1,7 +1,7 @@
 """Lexical diversity of the n responses to ONE prompt.
 
 Every metric maps ``responses: Sequence[str]`` to a float oriented so that HIGHER means MORE
-DIVERSE (ALGORITHM.md, Evaluation: diversity across the n responses of a prompt).
+DIVERSE (docs/algorithm.md, Evaluation protocol: diversity across the n responses of a prompt).
 
 Tokenisation (shared by distinct-n, self-BLEU and self-ROUGE-L, so the three agree on what a
 "word" is): the text is lowercased (``str.lower``) and split with the regular expression

@@ -1,6 +1,6 @@
 """Coverage and dominance of methods' operating points in one (diversity, quality) plane.
 
-ALGORITHM.md, Evaluation: each method contributes a set of operating points ``(x, y)`` =
+docs/algorithm.md, Evaluation protocol: each method contributes a set of operating points ``(x, y)`` =
 (diversity, quality), both oriented so that HIGHER IS BETTER (negate a lower-is-better score
 first). Within a plane:
 

@@ -16,7 +16,7 @@ MetricGroup = Literal["lexical", "semantic", "quality"]
 #: scorer class, ``fn(model, ...).score(prompts, responses) -> np.ndarray``.
 MetricInput = Literal["responses", "embeddings", "pairs"]
 
-#: Group names reported by the protocol (ALGORITHM.md, Evaluation).
+#: Group names reported by the protocol (docs/algorithm.md, Evaluation protocol).
 PLANE_GROUPS: tuple[str, ...] = ("lexical", "semantic", "overall")
 
 

@@ -64,7 +64,7 @@ def test_joining_mid_decode_equals_alone_in_the_batch(any_engine: BacoEngine) ->
     alone = [any_engine.generate(p, **seeded(kw, 3)) for p, kw in MIXED]
     batch = RunningBatch(any_engine.pair)
     for request in requests:
-        batch.join(request)
+        batch.join([request])
         for _ in range(3):
             if not batch.empty:
                 batch.step()

@@ -136,9 +136,11 @@ def test_retokenization_reuses_the_cache_and_loses_no_text(
     prompt_ids: dict[int, list[int]] = {}
     prefill = TextModelState.prefill
 
-    def spy_prefill(state, prompts, n, capacity):  # remember each row's prompt
-        prompt_ids[id(state)] = [list(p) for p in prompts for _ in range(n)]
-        prefill(state, prompts, n, capacity)
+    def spy_prefill(state, prompts, repeats, capacity):  # remember each row's prompt
+        prompt_ids[id(state)] = [
+            list(p) for p, k in zip(prompts, repeats, strict=True) for _ in range(k)
+        ]
+        prefill(state, prompts, repeats, capacity)
 
     select = TextModelState.select
 
@@ -174,7 +176,7 @@ def test_retokenization_reuses_the_cache_and_loses_no_text(
 def test_sync_keeps_the_longest_common_prefix(cross_engine: BacoEngine) -> None:
     """A direct check of one re-tokenization: 5 of 7 tokens match, so 2 run."""
     state = TextModelState(cross_engine.pair.base, torch.device("cpu"))
-    state.prefill([[1, 2, 3]], 1, capacity=16)
+    state.prefill([[1, 2, 3]], [1], capacity=16)
     for token in [10, 11, 12, 13, 14, 15]:
         state.append(0, token)
     state.catch_up()

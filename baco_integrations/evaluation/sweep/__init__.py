@@ -1,6 +1,6 @@
 """Sweep runner: generate with every method at every operating point, score, compare.
 
-The protocol is ALGORITHM.md's Evaluation section. A sweep
+The protocol is docs/algorithm.md's Evaluation protocol section. A sweep
 
 1. reads a :class:`SweepConfig` (TOML or JSON, :func:`load_config`) and a prompt file
    (:func:`load_prompts`; ``"builtin"`` is the package's own brainstorming / creative-writing

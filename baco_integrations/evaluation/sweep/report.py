@@ -117,7 +117,7 @@ def coverage_markdown(
         "Coverage: area dominated by a method's operating points on min-max normalised axes "
         "(hypervolume, reference point at the origin). Dominance: the method's share of the "
         "pooled Pareto frontier. Both in [0, 1], higher is better; averaged over the planes of "
-        "each group (ALGORITHM.md, Evaluation).",
+        "each group (docs/algorithm.md, Evaluation protocol).",
         "",
     ]
     names = [g for g in PLANE_GROUPS if g in groups]
