@@ -142,6 +142,3 @@ class EngineLimits(BaseModel):
                     f"characters allowed per call by prompts[0..{i}] "
                     "(EngineLimits.max_prompt_chars); split them into several calls"
                 )
-
-
-DEFAULT_LIMITS = EngineLimits()
