@@ -39,6 +39,7 @@ from .prompts import (
     aligned_ids,
     base_ids,
     check_rendered,
+    check_text,
     is_conversation,
     normalize_prompts,
 )
@@ -224,7 +225,16 @@ class BacoEngine:
         }
 
     def count_tokens(self, text: str) -> int:
-        """Tokens in ``text`` under the aligned tokenizer (no special tokens)."""
+        """Tokens in ``text`` under the aligned tokenizer (no special tokens). The text is
+        checked first: valid Unicode, at most ``limits.max_prompt_chars`` characters."""
+        if not isinstance(text, str):
+            raise ValueError(f"text must be a string, got {type(text).__name__}")
+        if len(text) > self.limits.max_prompt_chars:
+            raise ValueError(
+                f"text is too long to count: {len(text)} characters, more than the "
+                f"{self.limits.max_prompt_chars} allowed (EngineLimits.max_prompt_chars)"
+            )
+        check_text(text, "text")
         return len(self.aligned_tokenizer(text, add_special_tokens=False)["input_ids"])
 
     # ----------------------------------------------------------------- public calls

@@ -1,8 +1,8 @@
 """Coverage and dominance of methods' operating points in one (diversity, quality) plane.
 
-docs/algorithm.md, Evaluation protocol: each method contributes a set of operating points ``(x, y)`` =
-(diversity, quality), both oriented so that HIGHER IS BETTER (negate a lower-is-better score
-first). Within a plane:
+docs/algorithm.md, Evaluation protocol: each method contributes a set of operating points
+``(x, y)`` = (diversity, quality), both oriented so that HIGHER IS BETTER (negate a
+lower-is-better score first). Within a plane:
 
 * both axes are min-max normalised to [0, 1] over ALL points of ALL methods,
   ``x' = (x - min) / (max - min)``; a degenerate axis (``max == min``, every point equal on it)
