@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import builtins
 from collections.abc import AsyncIterator, Iterator, Sequence
-from contextlib import closing
+from contextlib import aclosing, closing
 from typing import Any, NoReturn
 
 from langchain_core.callbacks import (
@@ -27,7 +27,6 @@ from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResu
 from pydantic import ConfigDict
 
 from .._adapter import PROVIDER, check_streamable
-from .._streaming import generate_in_thread, iterate_in_thread
 from ..config import GenerationSettings
 from ..conversation import ROLE_ALIASES, Role, canonical_role, merge_turns
 from ..outputs import BacoChunk, BacoOutput, Usage
@@ -174,7 +173,7 @@ class ChatBaco(BacoSettingsMixin, BaseChatModel):
         callbacks: Callbacks = None,
         **kwargs: Any,
     ) -> LLMResult:
-        """Async :meth:`generate`; the engine runs in a worker thread."""
+        """Async :meth:`generate` (the engine's own async call: the event loop never blocks)."""
         return await super().agenerate(messages, self._call_stop(stop), callbacks, **kwargs)
 
     # ----------------------------------------------------------------- LangChain hooks
@@ -203,7 +202,9 @@ class ChatBaco(BacoSettingsMixin, BaseChatModel):
     ) -> ChatResult:
         settings = self._settings(stop, kwargs)  # fail fast, on the loop
         conversation = to_conversation(messages)
-        outputs = await generate_in_thread(self.engine, [conversation], settings)
+        # The engine's own async call: no thread, and cancelling this task takes the call's
+        # rows out of the engine's batch at once.
+        outputs = await self.engine.agenerate([conversation], settings=settings)
         return self._result(outputs[0])
 
     def _stream(
@@ -230,17 +231,16 @@ class ChatBaco(BacoSettingsMixin, BaseChatModel):
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
         settings = self._settings(stop, kwargs)
-        # Validation errors raise here, at the call: the engine checks before it streams.
-        chunks = await iterate_in_thread(lambda: self._engine_stream(messages, settings))
-        try:
+        check_streamable(settings)
+        chunks = self.engine.astream(to_conversation(messages), settings=settings)
+        # Closing the engine's stream now, not when it is garbage-collected, takes the call
+        # out of the engine's batch as soon as our consumer stops.
+        async with aclosing(chunks):  # type: ignore[type-var]
             async for chunk in chunks:
                 generation = self._chunk(chunk)
                 if run_manager:
                     await run_manager.on_llm_new_token(generation.text, chunk=generation)
                 yield generation
-        finally:
-            # Close now rather than when garbage-collected: this stops the worker thread.
-            await chunks.aclose()  # type: ignore[attr-defined]
 
     def _combine_llm_outputs(self, llm_outputs: list[builtins.dict | None]) -> builtins.dict:
         # One llm_output per conversation, each from its own engine call: their usages add up.
@@ -254,8 +254,8 @@ class ChatBaco(BacoSettingsMixin, BaseChatModel):
     def _engine_stream(
         self, messages: list[BaseMessage], settings: GenerationSettings
     ) -> Iterator[BacoChunk]:
-        """The engine's stream of the conversation, validated now; closing it stops decoding
-        and frees the engine."""
+        """The engine's stream of the conversation, validated now; closing it takes the call
+        out of the engine's batch."""
         check_streamable(settings)
         return self.engine.stream(to_conversation(messages), settings=settings)
 

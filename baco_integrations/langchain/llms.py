@@ -5,7 +5,7 @@ from __future__ import annotations
 import builtins
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import closing
+from contextlib import aclosing, closing
 from itertools import chain
 from typing import Any
 
@@ -20,7 +20,6 @@ from langchain_core.outputs import Generation, GenerationChunk, LLMResult
 from pydantic import ConfigDict
 
 from .._adapter import check_streamable, is_streamable
-from .._streaming import generate_in_thread, iterate_in_thread
 from ..config import GenerationSettings
 from ..outputs import BacoChunk, BacoOutput, Usage
 from ._common import BacoSettingsMixin
@@ -133,7 +132,7 @@ class BacoLLM(BacoSettingsMixin, BaseLLM):
         run_id: uuid.UUID | list[uuid.UUID | None] | None = None,
         **kwargs: Any,
     ) -> LLMResult:
-        """Async :meth:`generate`; the engine runs in a worker thread."""
+        """Async :meth:`generate` (the engine's own async call: the event loop never blocks)."""
         llm = self._with_overrides(kwargs)
         return await BaseLLM.agenerate(
             llm,
@@ -181,8 +180,9 @@ class BacoLLM(BacoSettingsMixin, BaseLLM):
             return self._result([finished])
         if not prompts:
             return LLMResult(generations=[])
-        outputs = await generate_in_thread(self.engine, list(prompts), settings)
-        return self._result(outputs)
+        # The engine's own async call: no thread, and cancelling this task takes the call's
+        # rows out of the engine's batch at once.
+        return self._result(await self.engine.agenerate(list(prompts), settings=settings))
 
     def _stream(
         self,
@@ -212,10 +212,17 @@ class BacoLLM(BacoSettingsMixin, BaseLLM):
         return self.streaming and len(prompts) == 1 and is_streamable(settings)
 
     def _engine_stream(self, prompt: str, settings: GenerationSettings) -> Iterator[BacoChunk]:
-        """The engine's stream of ``prompt``, validated now; closing it stops decoding and
-        frees the engine."""
+        """The engine's stream of ``prompt``, validated now; closing it takes the call out of
+        the engine's batch."""
         check_streamable(settings)
         return self.engine.stream(prompt, settings=settings)
+
+    def _engine_astream(
+        self, prompt: str, settings: GenerationSettings
+    ) -> AsyncIterator[BacoChunk]:
+        """Async :meth:`_engine_stream` (the engine's own: no thread per stream)."""
+        check_streamable(settings)
+        return self.engine.astream(prompt, settings=settings)
 
     def _stream_with(
         self,
@@ -243,10 +250,10 @@ class BacoLLM(BacoSettingsMixin, BaseLLM):
         run_manager: AsyncCallbackManagerForLLMRun | None,
         on_finished: OnFinished | None = None,
     ) -> AsyncIterator[GenerationChunk]:
-        """Async :meth:`_stream_with`: the engine's stream advances in a worker thread."""
-        # Validation errors raise here, at the call: the engine checks before it streams.
-        chunks = await iterate_in_thread(lambda: self._engine_stream(prompt, settings))
-        try:
+        """Async :meth:`_stream_with`."""
+        # Closing the engine's stream now, not when it is garbage-collected, takes the call
+        # out of the engine's batch as soon as our consumer stops.
+        async with aclosing(self._engine_astream(prompt, settings)) as chunks:  # type: ignore[type-var]
             async for chunk in chunks:
                 generation = generation_chunk(chunk)
                 if run_manager:
@@ -254,9 +261,6 @@ class BacoLLM(BacoSettingsMixin, BaseLLM):
                 if on_finished is not None and chunk.output is not None:
                     on_finished(chunk.output)
                 yield generation
-        finally:
-            # Close now rather than when garbage-collected: this stops the worker thread.
-            await chunks.aclose()  # type: ignore[attr-defined]
 
     def _result(self, outputs: list[list[BacoOutput]]) -> LLMResult:
         generations = [

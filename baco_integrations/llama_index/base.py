@@ -9,8 +9,8 @@ outputs into ``CompletionResponse``/``ChatResponse`` objects.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import closing
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from contextlib import aclosing, closing
 from typing import Any
 
 from llama_index.core.base.llms.types import (
@@ -33,7 +33,6 @@ from llama_index.core.llms.custom import CustomLLM
 from pydantic import ConfigDict
 
 from .._adapter import EngineSettings, check_streamable
-from .._streaming import generate_in_thread, iterate_in_thread
 from ..config import GenerationSettings, Source
 from ..conversation import ROLE_ALIASES, Role, canonical_role, merge_turns
 from ..outputs import BacoChunk, BacoOutput, Usage, base_fraction
@@ -103,6 +102,31 @@ def _completion_response(outputs: Sequence[BacoOutput]) -> CompletionResponse:
         },
         raw={"usage": usage, "outputs": outputs},
     )
+
+
+class _RunningResponse:
+    """Turns one sample's chunks into streamed responses: each with the new ``delta`` and the
+    running text, sources and base fraction; the last also with the finish reason and usage,
+    read from the finished sample the engine's last chunk carries."""
+
+    def __init__(self) -> None:
+        self.text = ""
+        self.sources: list[Source] = []
+
+    def response(self, chunk: BacoChunk) -> CompletionResponse:
+        self.text += chunk.text
+        self.sources.extend(chunk.sources)
+        info: dict[str, Any] = {
+            "source": chunk.source,
+            "sources": list(self.sources),
+            "base_fraction": base_fraction(self.sources),
+        }
+        raw: dict[str, Any] = {"chunk": chunk}
+        if chunk.output is not None:
+            usage = Usage.of([chunk.output]).as_dict()
+            info |= {"finish_reason": chunk.output.finish_reason, **usage}
+            raw |= {"usage": usage, "outputs": [chunk.output]}
+        return CompletionResponse(text=self.text, delta=chunk.text, additional_kwargs=info, raw=raw)
 
 
 def _chat_response(response: CompletionResponse) -> ChatResponse:
@@ -223,8 +247,9 @@ class BacoLLM(EngineSettings, CustomLLM):
         return _completion_response(self.engine.generate([prompt], settings=settings)[0])
 
     async def _agenerate(self, prompt: Prompt, settings: GenerationSettings) -> CompletionResponse:
-        """:meth:`_generate` in a worker thread; cancelling the caller stops the decoding."""
-        outputs = await generate_in_thread(self.engine, [prompt], settings)
+        """Async :meth:`_generate`, the engine's own: no thread, and cancelling the caller
+        takes the call's rows out of the engine's batch at once."""
+        outputs = await self.engine.agenerate([prompt], settings=settings)
         return _completion_response(outputs[0])
 
     def _stream(self, prompt: Prompt, settings: GenerationSettings) -> CompletionResponseGen:
@@ -236,30 +261,26 @@ class BacoLLM(EngineSettings, CustomLLM):
         check_streamable(settings)
         return self._responses(self.engine.stream(prompt, settings=settings))
 
-    def _responses(self, chunks: Iterator[BacoChunk]) -> CompletionResponseGen:
-        """Each chunk as a response with the new ``delta``, the running text and sources; the
-        last also with the finish reason and usage, read from the finished sample."""
-        text = ""
-        sources: list[Source] = []
-        # Closing the engine's iterator (also when our consumer stops early) stops decoding
-        # and releases the engine's lock.
+    def _astream(self, prompt: Prompt, settings: GenerationSettings) -> CompletionResponseAsyncGen:
+        """Async :meth:`_stream`, the engine's own (no thread); validates now as well."""
+        check_streamable(settings)
+        return self._aresponses(self.engine.astream(prompt, settings=settings))
+
+    @staticmethod
+    def _responses(chunks: Iterator[BacoChunk]) -> CompletionResponseGen:
+        running = _RunningResponse()
+        # Closing the engine's iterator (also when our consumer stops early) takes the call
+        # out of the engine's batch.
         with closing(chunks):  # type: ignore[type-var]
             for chunk in chunks:
-                text += chunk.text
-                sources.extend(chunk.sources)
-                info: dict[str, Any] = {
-                    "source": chunk.source,
-                    "sources": list(sources),
-                    "base_fraction": base_fraction(sources),
-                }
-                raw: dict[str, Any] = {"chunk": chunk}
-                if chunk.output is not None:
-                    usage = Usage.of([chunk.output]).as_dict()
-                    info |= {"finish_reason": chunk.output.finish_reason, **usage}
-                    raw |= {"usage": usage, "outputs": [chunk.output]}
-                yield CompletionResponse(
-                    text=text, delta=chunk.text, additional_kwargs=info, raw=raw
-                )
+                yield running.response(chunk)
+
+    @staticmethod
+    async def _aresponses(chunks: AsyncIterator[BacoChunk]) -> CompletionResponseAsyncGen:
+        running = _RunningResponse()
+        async with aclosing(chunks):  # type: ignore[type-var]
+            async for chunk in chunks:
+                yield running.response(chunk)
 
     def _stream_chat(
         self, messages: Sequence[ChatMessage], kwargs: Mapping[str, Any]
@@ -269,6 +290,18 @@ class BacoLLM(EngineSettings, CustomLLM):
         def generate() -> ChatResponseGen:
             with closing(responses):
                 for response in responses:
+                    yield _chat_response(response)
+
+        return generate()
+
+    def _astream_chat(
+        self, messages: Sequence[ChatMessage], kwargs: Mapping[str, Any]
+    ) -> ChatResponseAsyncGen:
+        responses = self._astream(to_conversation(messages), self._call_settings(kwargs))
+
+        async def generate() -> ChatResponseAsyncGen:
+            async with aclosing(responses):  # type: ignore[type-var]
+                async for response in responses:
                     yield _chat_response(response)
 
         return generate()
@@ -293,7 +326,7 @@ class BacoLLM(EngineSettings, CustomLLM):
     async def acomplete(
         self, prompt: str, formatted: bool = False, **kwargs: Any
     ) -> CompletionResponse:
-        """Async :meth:`complete`; the engine runs in a worker thread."""
+        """Async :meth:`complete`; the event loop is never blocked."""
         prompt, settings = self._completion_call(prompt, formatted, kwargs)
         return await self._agenerate(prompt, settings)
 
@@ -301,9 +334,9 @@ class BacoLLM(EngineSettings, CustomLLM):
     async def astream_complete(
         self, prompt: str, formatted: bool = False, **kwargs: Any
     ) -> CompletionResponseAsyncGen:
-        """Async :meth:`stream_complete`; decoding runs in a worker thread."""
+        """Async :meth:`stream_complete`; errors raise here, at the call."""
         prompt, settings = self._completion_call(prompt, formatted, kwargs)
-        return await iterate_in_thread(lambda: self._stream(prompt, settings))
+        return self._astream(prompt, settings)
 
     # ----------------------------------------------------------------- chat
 
@@ -320,7 +353,7 @@ class BacoLLM(EngineSettings, CustomLLM):
 
     @llm_chat_callback()
     async def achat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
-        """Async :meth:`chat`; the engine runs in a worker thread."""
+        """Async :meth:`chat`; the event loop is never blocked."""
         conversation = to_conversation(messages)
         settings = self._call_settings(kwargs)
         return _chat_response(await self._agenerate(conversation, settings))
@@ -329,5 +362,5 @@ class BacoLLM(EngineSettings, CustomLLM):
     async def astream_chat(
         self, messages: Sequence[ChatMessage], **kwargs: Any
     ) -> ChatResponseAsyncGen:
-        """Async :meth:`stream_chat`; decoding runs in a worker thread."""
-        return await iterate_in_thread(lambda: self._stream_chat(messages, kwargs))
+        """Async :meth:`stream_chat`; errors raise here, at the call."""
+        return self._astream_chat(messages, kwargs)

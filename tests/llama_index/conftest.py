@@ -1,18 +1,30 @@
-"""LlamaIndex adapter fixtures: one engine per session, offline global Settings per test."""
+"""LlamaIndex adapter fixtures: one engine per session, offline global Settings per test, a
+spy on the engine, and seeing decoding from a test without reading the clock.
+
+A test that needs decoding to be under way (to cancel it, to stop a stream, to see the event
+loop run during it) observes it through :class:`DecodingGate`; one that waits for decoding to
+stop waits for the engine's decoding thread to end (:class:`EngineWatch`). No verdict depends
+on how fast the machine is. :data:`HANG_GUARD_S` only bounds how long a broken adapter makes
+a test hang before it fails; no passing run waits for it. (tests/langchain/conftest.py has
+the same two helpers.)
+"""
 
 from __future__ import annotations
 
+import asyncio
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import llama_index.core
 import pytest
+import torch
 from llama_index.core import Settings
 
-from baco_integrations import BacoEngine, GenerationSettings
-from baco_integrations._streaming import THREAD_NAME
+from baco_integrations import BacoEngine, GenerationSettings, RouterInputs
+from baco_integrations.config import Source
+from baco_integrations.decoding.scheduler import THREAD_NAME
 from baco_integrations.llama_index import BacoLLM
 from baco_integrations.testing import TinyPair, make_tiny_pair
 
@@ -20,6 +32,10 @@ try:
     import pytest_socket
 except ImportError:  # the guard is optional; the Settings checks below still apply
     pytest_socket = None
+
+#: Upper bound of every wait on something that must happen, so that a bug fails a test
+#: rather than hanging it. Passing runs never reach it.
+HANG_GUARD_S = 60.0
 
 
 @pytest.fixture(scope="session")
@@ -61,23 +77,32 @@ def offline_settings() -> Iterator[None]:
         vars(Settings).clear()
         vars(Settings).update(saved)
         llama_index.core.global_tokenizer = saved_tokenizer
-        for thread in _stream_threads():  # a stream closed at the very end may still unwind
-            thread.join(timeout=10)
-        assert not _stream_threads(), "a streaming worker thread outlived its test"
+        # An engine's decoding thread ends once no call is live or waiting: none of this
+        # test's calls may still be decoding (a cancelled one leaves before the next step).
+        for thread in _decoding_threads():
+            thread.join(HANG_GUARD_S)
+        assert not _decoding_threads(), "a call of this test was still decoding after it"
 
 
-def _stream_threads() -> list[threading.Thread]:
+def _decoding_threads() -> list[threading.Thread]:
     return [t for t in threading.enumerate() if t.name == THREAD_NAME and t.is_alive()]
 
 
 @dataclass
 class EngineCalls:
-    """What the adapter asked the engine for: the prompt and settings of every call."""
+    """What the adapter asked the engine for: the prompt and settings of every call (sync or
+    async), which async entry points it used, and how many streams it closed."""
 
     generate: list[tuple[Any, GenerationSettings]] = field(default_factory=list)
     stream: list[tuple[Any, GenerationSettings]] = field(default_factory=list)
-    threads: list[int] = field(default_factory=list)
+    asynchronous: list[str] = field(default_factory=list)
     closed_streams: int = 0
+    #: Set once a stream has been closed (the engine has taken the call out of its batch).
+    stream_closed: threading.Event = field(default_factory=threading.Event)
+
+    def _closed(self) -> None:
+        self.closed_streams += 1
+        self.stream_closed.set()
 
     @property
     def last(self) -> tuple[Any, GenerationSettings]:
@@ -97,29 +122,53 @@ def engine_calls(engine: BacoEngine, spy_on: Callable[[BacoEngine], EngineCalls]
 
 def _spy(engine: BacoEngine, monkeypatch: pytest.MonkeyPatch) -> EngineCalls:
     calls = EngineCalls()
-    generate, stream = engine.generate, engine.stream
+    generate, agenerate = engine.generate, engine.agenerate
+    stream, astream = engine.stream, engine.astream
+
+    def first(prompts: Any) -> Any:
+        return prompts[0] if isinstance(prompts, list) else prompts
 
     def spy_generate(prompts: Any, *, settings: GenerationSettings, **kw: Any) -> Any:
-        calls.generate.append((prompts[0] if isinstance(prompts, list) else prompts, settings))
-        calls.threads.append(threading.get_ident())
+        calls.generate.append((first(prompts), settings))
         return generate(prompts, settings=settings, **kw)
+
+    async def spy_agenerate(prompts: Any, *, settings: GenerationSettings, **kw: Any) -> Any:
+        calls.generate.append((first(prompts), settings))
+        calls.asynchronous.append("agenerate")
+        return await agenerate(prompts, settings=settings, **kw)
 
     def spy_stream(prompt: Any, *, settings: GenerationSettings, **kw: Any) -> Iterator[Any]:
         calls.stream.append((prompt, settings))
         chunks = stream(prompt, settings=settings, **kw)  # validates now, like the engine
 
         def iterate() -> Iterator[Any]:
-            calls.threads.append(threading.get_ident())
             try:
                 yield from chunks
             finally:
                 chunks.close()  # type: ignore[attr-defined]
-                calls.closed_streams += 1
+                calls._closed()
+
+        return iterate()
+
+    def spy_astream(prompt: Any, *, settings: GenerationSettings, **kw: Any) -> AsyncIterator[Any]:
+        calls.stream.append((prompt, settings))
+        calls.asynchronous.append("astream")
+        chunks = astream(prompt, settings=settings, **kw)  # validates now, like the engine
+
+        async def iterate() -> AsyncIterator[Any]:
+            try:
+                async for chunk in chunks:
+                    yield chunk
+            finally:
+                await chunks.aclose()  # type: ignore[attr-defined]
+                calls._closed()
 
         return iterate()
 
     monkeypatch.setattr(engine, "generate", spy_generate)
+    monkeypatch.setattr(engine, "agenerate", spy_agenerate)
     monkeypatch.setattr(engine, "stream", spy_stream)
+    monkeypatch.setattr(engine, "astream", spy_astream)
     return calls
 
 
@@ -142,3 +191,82 @@ def long_seed(engine: BacoEngine) -> int:
 def long_llm(engine: BacoEngine, long_seed: int) -> BacoLLM:
     """A BacoLLM whose "Tell me a story." runs ``max_new_tokens`` steps unless stopped early."""
     return BacoLLM(engine=engine, max_new_tokens=LONG, seed=long_seed)
+
+
+class DecodingGate:
+    """A router that shows a test that decoding is under way, and holds it there until told.
+
+    On its first call at a decoding step >= ``hold_from_step`` (a word boundary of a running
+    call) it records the step in :attr:`held_at`, sets :attr:`started` and waits for
+    :attr:`go`. Routers run on the engine's decoding thread, so while the gate waits the
+    engine takes no step: what the test does meanwhile (cancel, close, consume) happens at a
+    known step however fast the machine is. It always picks the base model.
+    """
+
+    needs: frozenset[Source] = frozenset()  # reads no distribution
+
+    def __init__(self, hold_from_step: int = 0) -> None:
+        self.hold_from_step = hold_from_step
+        self.started = threading.Event()
+        self.go = threading.Event()
+        self.held_at: int | None = None
+        #: Whether :attr:`go` came while decoding was held (False: the hang guard ran out).
+        self.went: bool | None = None
+
+    def __call__(self, inputs: RouterInputs) -> torch.Tensor:
+        if self.held_at is None and inputs.step >= self.hold_from_step:
+            self.held_at = inputs.step
+            self.started.set()
+            self.went = self.go.wait(HANG_GUARD_S)
+        return torch.ones(inputs.batch_size, dtype=torch.bool, device=inputs.device)
+
+    def wait_until_held(self) -> None:
+        """Return once decoding is held at the gate."""
+        assert self.started.wait(HANG_GUARD_S), "decoding never reached the gate"
+
+    async def until_held(self) -> None:
+        """:meth:`wait_until_held` off the event loop."""
+        await asyncio.to_thread(self.wait_until_held)
+
+    async def release_once_held(self) -> None:
+        """Let decoding go on once it reached the gate. Only a free event loop runs this while
+        the engine decodes; a blocked one leaves the gate to report ``went=False``."""
+        await self.until_held()
+        self.go.set()
+
+
+class EngineWatch:
+    """What a test sees of an engine: its streams being closed (through the spy), the steps
+    it has run since the watch began, and the end of its decoding."""
+
+    def __init__(self, engine: BacoEngine, calls: EngineCalls) -> None:
+        self.engine, self.calls = engine, calls
+        self.steps_before = engine.scheduler.steps
+
+    @property
+    def steps(self) -> int:
+        """Decoding steps the engine has run since the watch began."""
+        return self.engine.scheduler.steps - self.steps_before
+
+    def wait_idle(self) -> None:
+        """Wait until the engine decodes nothing: no call live or waiting."""
+        assert self.engine.scheduler.wait_idle(HANG_GUARD_S), "the engine kept decoding"
+
+    async def idle(self) -> None:
+        """:meth:`wait_idle` off the event loop, which stays free to finalise streams."""
+        await asyncio.to_thread(self.wait_idle)
+
+    async def closed(self) -> None:
+        """Return once a stream of the engine has been closed (waiting off the loop)."""
+        closed = await asyncio.to_thread(self.calls.stream_closed.wait, HANG_GUARD_S)
+        assert closed, "the engine's stream was never closed"
+
+
+@pytest.fixture
+def watch(engine: BacoEngine, engine_calls: EngineCalls) -> EngineWatch:
+    return EngineWatch(engine, engine_calls)
+
+
+@pytest.fixture
+def make_gate() -> Callable[..., DecodingGate]:
+    return DecodingGate

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import pytest
 import torch
 from llama_index.core.base.llms.types import ImageBlock
@@ -340,25 +343,30 @@ def test_stream_chat(llm: BacoLLM) -> None:
     assert responses[-1].additional_kwargs["finish_reason"] in {"stop", "length"}
 
 
-def test_streams_validate_at_the_call(llm: BacoLLM, engine: BacoEngine) -> None:
+def test_streams_validate_at_the_call(llm: BacoLLM, watch: Any) -> None:
     with pytest.raises(ValueError, match="n=2"):
         llm.stream_complete("Hi", n=2)
     with pytest.raises(ValueError, match="too long"):
         llm.stream_chat([ChatMessage(role="user", content="word " * 600)])
-    assert not engine._lock.locked()
+    watch.wait_idle()
+    assert watch.steps == 0  # refused before any decoding
 
 
 def test_closing_a_stream_early_stops_decoding(
-    engine: BacoEngine, engine_calls, long_llm: BacoLLM
+    long_llm: BacoLLM, engine_calls: Any, watch: Any, make_gate: Callable[..., Any]
 ) -> None:
-    llm = long_llm
-    stream = llm.stream_complete("Tell me a story.")
+    """Closed while decoding is held at a known step (a DecodingGate router, conftest.py),
+    the stream leaves the engine's batch at the end of that step, however fast the machine."""
+    gate = make_gate(hold_from_step=1)
+    stream = long_llm.stream_complete("Tell me a story.", router=gate)
     first = next(stream)
-    assert first.delta and engine._lock.locked()
+    assert first.delta
+    gate.wait_until_held()
     stream.close()
-    assert engine_calls.closed_streams == 1
-    assert not engine._lock.locked()
-    assert engine.last_stats.steps < llm.max_new_tokens
+    assert engine_calls.closed_streams == 1  # closed at once, not when garbage-collected
+    gate.go.set()
+    watch.wait_idle()
+    assert gate.went and watch.steps == gate.held_at + 1
 
 
 def test_a_cross_family_pair_works_through_the_adapter(cross_engine: BacoEngine) -> None:

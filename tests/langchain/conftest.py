@@ -1,0 +1,135 @@
+"""LangChain adapter fixtures: seeing decoding from a test without reading the clock.
+
+A test that needs decoding to be under way (to cancel it, to stop a stream, to see the event
+loop run during it) observes it through :class:`DecodingGate`; one that waits for decoding to
+stop waits for the engine's decoding thread to end (:class:`EngineWatch`). No verdict depends
+on how fast the machine is. :data:`HANG_GUARD_S` only bounds how long a broken adapter makes
+a test hang before it fails; no passing run waits for it. (tests/llama_index/conftest.py has
+the same two helpers.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
+
+import pytest
+import torch
+
+from baco_integrations import BacoEngine, RouterInputs
+from baco_integrations.config import Source
+
+#: Upper bound of every wait on something that must happen, so that a bug fails the test
+#: rather than hanging it. Passing runs never reach it.
+HANG_GUARD_S = 60.0
+
+
+class DecodingGate:
+    """A router that shows a test that decoding is under way, and holds it there until told.
+
+    On its first call at a decoding step >= ``hold_from_step`` (a word boundary of a running
+    call) it records the step in :attr:`held_at`, sets :attr:`started` and waits for
+    :attr:`go`. Routers run on the engine's decoding thread, so while the gate waits the
+    engine takes no step: what the test does meanwhile (cancel, close, consume) happens at a
+    known step however fast the machine is. It always picks the base model.
+    """
+
+    needs: frozenset[Source] = frozenset()  # reads no distribution
+
+    def __init__(self, hold_from_step: int = 0) -> None:
+        self.hold_from_step = hold_from_step
+        self.started = threading.Event()
+        self.go = threading.Event()
+        self.held_at: int | None = None
+        #: Whether :attr:`go` came while decoding was held (False: the hang guard ran out).
+        self.went: bool | None = None
+
+    def __call__(self, inputs: RouterInputs) -> torch.Tensor:
+        if self.held_at is None and inputs.step >= self.hold_from_step:
+            self.held_at = inputs.step
+            self.started.set()
+            self.went = self.go.wait(HANG_GUARD_S)
+        return torch.ones(inputs.batch_size, dtype=torch.bool, device=inputs.device)
+
+    def wait_until_held(self) -> None:
+        """Return once decoding is held at the gate."""
+        assert self.started.wait(HANG_GUARD_S), "decoding never reached the gate"
+
+    async def until_held(self) -> None:
+        """:meth:`wait_until_held` off the event loop."""
+        await asyncio.to_thread(self.wait_until_held)
+
+    async def release_once_held(self) -> None:
+        """Let decoding go on once it reached the gate. Only a free event loop runs this while
+        the engine decodes; a blocked one leaves the gate to report ``went=False``."""
+        await self.until_held()
+        self.go.set()
+
+
+class EngineWatch:
+    """What a test sees of an engine: its streams being closed, the steps it has run since the
+    watch began, and the end of its decoding."""
+
+    def __init__(self, engine: BacoEngine, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.engine = engine
+        self.steps_before = engine.scheduler.steps
+        #: Set once a stream of the engine is closed: its call has left the engine's batch.
+        self.stream_closed = threading.Event()
+        stream, astream = engine.stream, engine.astream
+
+        def closed_stream(*args: Any, **kwargs: Any) -> Iterator[Any]:
+            chunks = stream(*args, **kwargs)  # validates now, like the engine
+
+            def iterate() -> Iterator[Any]:
+                try:
+                    yield from chunks
+                finally:
+                    chunks.close()  # type: ignore[attr-defined]
+                    self.stream_closed.set()
+
+            return iterate()
+
+        def closed_astream(*args: Any, **kwargs: Any) -> AsyncIterator[Any]:
+            chunks = astream(*args, **kwargs)  # validates now, like the engine
+
+            async def iterate() -> AsyncIterator[Any]:
+                try:
+                    async for chunk in chunks:
+                        yield chunk
+                finally:
+                    await chunks.aclose()  # type: ignore[attr-defined]
+                    self.stream_closed.set()
+
+            return iterate()
+
+        monkeypatch.setattr(engine, "stream", closed_stream)
+        monkeypatch.setattr(engine, "astream", closed_astream)
+
+    @property
+    def steps(self) -> int:
+        """Decoding steps the engine has run since the watch began."""
+        return self.engine.scheduler.steps - self.steps_before
+
+    def wait_idle(self) -> None:
+        """Wait until the engine decodes nothing: no call live or waiting."""
+        assert self.engine.scheduler.wait_idle(HANG_GUARD_S), "the engine kept decoding"
+
+    async def idle(self) -> None:
+        """:meth:`wait_idle` off the event loop, which stays free to finalise streams."""
+        await asyncio.to_thread(self.wait_idle)
+
+    async def closed(self) -> None:
+        """Return once a stream of the engine has been closed (waiting off the loop)."""
+        assert await asyncio.to_thread(self.stream_closed.wait, HANG_GUARD_S), "never closed"
+
+
+@pytest.fixture
+def watch(engine: BacoEngine, monkeypatch: pytest.MonkeyPatch) -> EngineWatch:
+    return EngineWatch(engine, monkeypatch)
+
+
+@pytest.fixture
+def make_gate() -> Callable[..., DecodingGate]:
+    return DecodingGate
