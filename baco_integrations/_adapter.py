@@ -15,6 +15,7 @@ from pydantic import Field, model_validator
 
 from .config import SETTING_NAMES, GenerationSettings
 from .engine import BacoEngine, CacheImplementation
+from .limits import EngineLimits
 
 #: The provider name both adapters report, and the prefix of :func:`display_name`.
 PROVIDER = "baco"
@@ -120,6 +121,7 @@ class EngineSettings(GenerationSettings):
         revision: str | None = None,
         cache_implementation: CacheImplementation = "dynamic",
         compile: bool = False,
+        limits: EngineLimits | None = None,
         model_kwargs: Mapping[str, Any] | None = None,
         **fields: Any,
     ) -> Self:
@@ -151,6 +153,7 @@ class EngineSettings(GenerationSettings):
             revision=revision,
             cache_implementation=cache_implementation,
             compile=compile,
+            limits=limits,
             **dict(model_kwargs or {}),
         )
         return cls(engine=engine, **fields)

@@ -224,18 +224,22 @@ class BacoEngine:
             ),
         }
 
-    def count_tokens(self, text: str) -> int:
-        """Tokens in ``text`` under the aligned tokenizer (no special tokens). The text is
-        checked first: valid Unicode, at most ``limits.max_prompt_chars`` characters."""
+    def token_ids(self, text: str) -> list[int]:
+        """``text``'s ids under the aligned tokenizer (no special tokens). The text is checked
+        first: valid Unicode, at most ``limits.max_prompt_chars`` characters."""
         if not isinstance(text, str):
             raise ValueError(f"text must be a string, got {type(text).__name__}")
         if len(text) > self.limits.max_prompt_chars:
             raise ValueError(
-                f"text is too long to count: {len(text)} characters, more than the "
+                f"text is too long to tokenize: {len(text)} characters, more than the "
                 f"{self.limits.max_prompt_chars} allowed (EngineLimits.max_prompt_chars)"
             )
         check_text(text, "text")
-        return len(self.aligned_tokenizer(text, add_special_tokens=False)["input_ids"])
+        return list(self.aligned_tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens in ``text`` under the aligned tokenizer (see :meth:`token_ids`)."""
+        return len(self.token_ids(text))
 
     # ----------------------------------------------------------------- public calls
 

@@ -163,7 +163,7 @@ class BacoSettingsMixin(EngineSettings):
         """Token ids of ``text`` under the aligned model's tokenizer (no special tokens)."""
         if self.custom_get_token_ids is not None:  # type: ignore[attr-defined]
             return self.custom_get_token_ids(text)  # type: ignore[attr-defined]
-        return list(self.engine.aligned_tokenizer(text, add_special_tokens=False)["input_ids"])
+        return self.engine.token_ids(text)
 
     def get_num_tokens(self, text: str) -> int:
         """Number of tokens in ``text`` under the aligned model's tokenizer."""

@@ -19,6 +19,7 @@ import torch
 from baco_integrations import BacoEngine, DecodingCancelled, EngineLimits, EngineOverloaded
 from baco_integrations.decoding import RunningBatch
 from baco_integrations.decoding.scheduler import THREAD_NAME
+from baco_integrations.testing import DecodingGate
 
 LONG = "Write a poem about the sea."
 #: Calls with different routers, gammas, gates, samplers, stops, lengths and n (seeded).
@@ -150,28 +151,15 @@ def test_a_failing_router_fails_only_its_own_call(engine: BacoEngine) -> None:
     assert chunks[-1].output.token_ids == good_alone[0][0].token_ids
 
 
-class Gate:
-    """A router that holds the decoding loop at its first call until released."""
-
-    def __init__(self) -> None:
-        self.entered, self.release = threading.Event(), threading.Event()
-        self.needs: frozenset[str] = frozenset()
-
-    def __call__(self, inputs: Any) -> torch.Tensor:
-        self.entered.set()
-        assert self.release.wait(timeout=120)
-        return torch.zeros(inputs.batch_size, dtype=torch.bool)
-
-
 async def test_a_timeout_fires_while_another_call_decodes(engine: BacoEngine) -> None:
     """The waiter leaves at once, without waiting for the loop (which the gate holds)."""
-    gate = Gate()
+    gate = DecodingGate()
     held = asyncio.ensure_future(engine.agenerate("hold", router=gate, max_new_tokens=4))
-    await asyncio.to_thread(gate.entered.wait, 120)
+    await gate.until_held()
     with pytest.raises(TimeoutError):
         await asyncio.wait_for(engine.agenerate(LONG, max_new_tokens=50), timeout=0.05)
     assert engine.scheduler.waiting + engine.scheduler.live_rows >= 1
-    gate.release.set()
+    gate.go.set()
     await held
     assert await asyncio.to_thread(engine.scheduler.wait_idle, 60)
     assert engine.scheduler.live_rows == 0 and engine.scheduler.waiting == 0
@@ -223,15 +211,15 @@ def test_limits_queue_and_refuse(tiny_pair: Any) -> None:
     engine = BacoEngine.from_pretrained(tiny_pair.base_dir, tiny_pair.aligned_dir, limits=limits)
     with pytest.raises(ValueError, match="max_live_rows=2"):
         engine.generate("hi", n=3)
-    gate = Gate()
+    gate = DecodingGate()
     with ThreadPoolExecutor(3) as pool:
         holding = pool.submit(engine.generate, "hold", router=gate, n=2, max_new_tokens=3)
-        assert gate.entered.wait(120)  # the batch is full (2 rows) and the loop is held
+        gate.wait_until_held()  # the batch is full (2 rows) and the loop is held
         queued = pool.submit(engine.generate, "next", max_new_tokens=3, seed=1)
         _wait_for(lambda: engine.scheduler.waiting == 1)
         with pytest.raises(EngineOverloaded, match="max_waiting=1"):
             engine.generate("one too many", max_new_tokens=3)
-        gate.release.set()
+        gate.go.set()
         assert len(holding.result()[0]) == 2
         assert queued.result()[0][0].num_tokens <= 3
 

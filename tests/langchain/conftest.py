@@ -16,56 +16,9 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import pytest
-import torch
 
-from baco_integrations import BacoEngine, RouterInputs
-from baco_integrations.config import Source
-
-#: Upper bound of every wait on something that must happen, so that a bug fails the test
-#: rather than hanging it. Passing runs never reach it.
-HANG_GUARD_S = 60.0
-
-
-class DecodingGate:
-    """A router that shows a test that decoding is under way, and holds it there until told.
-
-    On its first call at a decoding step >= ``hold_from_step`` (a word boundary of a running
-    call) it records the step in :attr:`held_at`, sets :attr:`started` and waits for
-    :attr:`go`. Routers run on the engine's decoding thread, so while the gate waits the
-    engine takes no step: what the test does meanwhile (cancel, close, consume) happens at a
-    known step however fast the machine is. It always picks the base model.
-    """
-
-    needs: frozenset[Source] = frozenset()  # reads no distribution
-
-    def __init__(self, hold_from_step: int = 0) -> None:
-        self.hold_from_step = hold_from_step
-        self.started = threading.Event()
-        self.go = threading.Event()
-        self.held_at: int | None = None
-        #: Whether :attr:`go` came while decoding was held (False: the hang guard ran out).
-        self.went: bool | None = None
-
-    def __call__(self, inputs: RouterInputs) -> torch.Tensor:
-        if self.held_at is None and inputs.step >= self.hold_from_step:
-            self.held_at = inputs.step
-            self.started.set()
-            self.went = self.go.wait(HANG_GUARD_S)
-        return torch.ones(inputs.batch_size, dtype=torch.bool, device=inputs.device)
-
-    def wait_until_held(self) -> None:
-        """Return once decoding is held at the gate."""
-        assert self.started.wait(HANG_GUARD_S), "decoding never reached the gate"
-
-    async def until_held(self) -> None:
-        """:meth:`wait_until_held` off the event loop."""
-        await asyncio.to_thread(self.wait_until_held)
-
-    async def release_once_held(self) -> None:
-        """Let decoding go on once it reached the gate. Only a free event loop runs this while
-        the engine decodes; a blocked one leaves the gate to report ``went=False``."""
-        await self.until_held()
-        self.go.set()
+from baco_integrations import BacoEngine
+from baco_integrations.testing import HANG_GUARD_S, DecodingGate
 
 
 class EngineWatch:

@@ -10,15 +10,13 @@ times faster or slower.
 from __future__ import annotations
 
 import asyncio
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
 
-from baco_integrations import BacoChunk, BacoEngine
-from baco_integrations._streaming import AHEAD, SourceTracker, iterate_in_thread
+from baco_integrations import BacoEngine
 from baco_integrations.langchain import BacoLLM, ChatBaco
 
 STORY = "Tell me a story"
@@ -172,12 +170,32 @@ def test_threads_wait_their_turn(engine: BacoEngine) -> None:
 
 
 def test_chat_batch_with_max_concurrency(engine: BacoEngine) -> None:
-    """ChatBaco.batch runs invokes in a thread pool; the engine's lock serialises them."""
+    """ChatBaco.batch runs invokes in a thread pool; they share the engine's decoding steps."""
     chat = ChatBaco(engine=engine, max_new_tokens=10, seed=7)
     prompts = ["Hello", "Hey", "Name a cat", "Ideas for a party"]
     alone = [chat.invoke(p).content for p in prompts]
     together = chat.batch(prompts, config={"max_concurrency": 3})
     assert [m.content for m in together] == alone
+
+
+def test_chat_batch_shares_decoding_steps(engine: BacoEngine) -> None:
+    """Eight prompts in one ChatBaco.batch join one running batch: far fewer steps than eight
+    calls one after another, and each reply as it is alone."""
+    chat = ChatBaco(engine=engine, max_new_tokens=12, seed=3, router="random")
+    prompts = [f"Idea number {i}" for i in range(8)]
+    alone = [chat.invoke(p).content for p in prompts]
+    before = engine.scheduler.steps
+    together = chat.batch(prompts)
+    assert [m.content for m in together] == alone
+    assert engine.scheduler.steps - before < 8 * 12 / 2
+
+
+def test_seeded_llm_batch_equals_each_prompt_alone(engine: BacoEngine) -> None:
+    """A seeded prompt gives the same text whatever else is in the batch."""
+    llm = BacoLLM(engine=engine, max_new_tokens=12, seed=5, router="random")
+    prompts = ["Hello", "Hey", "Name a cat", "Ideas for a party", "Why?"]
+    assert llm.batch(prompts) == [llm.invoke(p) for p in prompts]
+    assert llm.batch(prompts[::-1]) == [llm.invoke(p) for p in prompts[::-1]]
 
 
 def test_llm_batch_with_max_concurrency(engine: BacoEngine) -> None:
@@ -188,52 +206,3 @@ def test_llm_batch_with_max_concurrency(engine: BacoEngine) -> None:
 
 
 # ------------------------------------------------------------------------ helpers
-
-
-def test_source_tracker_reads_per_token_sources() -> None:
-    tracker = SourceTracker()
-    chunk = BacoChunk("xy", "base", (1, 2), sources=("aligned", "base"))
-    assert tracker.add(chunk) == ["aligned", "base"]
-    assert tracker.add(BacoChunk("", None, (3,), sources=("base",), finish_reason="length")) == [
-        "base"
-    ]
-    assert tracker.sources == ["aligned", "base", "base"]
-    assert tracker.base_fraction == 2 / 3
-    assert SourceTracker().base_fraction == 0.0
-
-
-async def test_iterate_in_thread_closes_the_iterator_in_its_thread() -> None:
-    events: list[str] = []
-    loop_thread = threading.get_ident()
-
-    def numbers() -> Iterator[int]:
-        try:
-            for i in range(1000):
-                assert threading.get_ident() != loop_thread
-                events.append(f"made {i}")
-                yield i
-        finally:
-            events.append("closed")
-
-    stream = await iterate_in_thread(numbers)
-    got = []
-    async for item in stream:
-        got.append(item)
-        if item == 2:
-            break
-    await stream.aclose()  # type: ignore[attr-defined]
-    assert got == [0, 1, 2]
-    assert events[-1] == "closed"
-    assert len(events) <= 3 + AHEAD + 2  # stopped within a few items
-
-
-async def test_iterate_in_thread_passes_errors_and_items() -> None:
-    def failing() -> Iterator[BacoChunk]:
-        yield BacoChunk(text="a", source="base")
-        raise RuntimeError("boom")
-
-    got = []
-    with pytest.raises(RuntimeError, match="boom"):
-        async for chunk in await iterate_in_thread(failing):
-            got.append(chunk.text)
-    assert got == ["a"]
