@@ -118,7 +118,7 @@ def bench(
                         top_p=1.0,
                         max_new_tokens=tokens,
                         min_new_tokens=tokens,
-                        pad_token_id=engine.pad_token_id,
+                        pad_token_id=engine.pair.aligned.pad_id,
                         # the same kind of cache as BACO's (on CUDA, generate compiles its
                         # steps with a static cache, as BACO does with --compile)
                         cache_implementation=engine.cache_implementation,
