@@ -25,7 +25,7 @@ from .prompts import check_text, template_fields
 Source = Literal["base", "aligned"]
 Gate = Literal["base", "aligned"]
 
-#: Canonical router names, in the order of ALGORITHM.md's table.
+#: Canonical router names, in the order of docs/algorithm.md, Routers.
 ROUTER_NAMES: tuple[str, ...] = (
     "aligned",
     "base",

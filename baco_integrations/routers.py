@@ -6,7 +6,7 @@ for the whole batch and applies the result only to rows that are at a word bound
 rows keep the model that wrote the previous token), so routers never deal with words.
 
 A router may declare ``needs``: the sources whose distributions it reads. Lazy decoding skips
-the forward pass of a model that no router step needs (see ALGORITHM.md, Cost).
+the forward pass of a model that no router step needs (see docs/algorithm.md, Cost).
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ class Sampler:
     """Temperature, then top-k / top-p / min-p (transformers' warper semantics), then a draw.
 
     Temperature is applied separately (:meth:`temper`) because the routers read the tempered,
-    untruncated distributions (ours; ALGORITHM.md, Sampling). Temperature 0 means greedy: the
+    untruncated distributions (ours; docs/algorithm.md, Sampling). Temperature 0 means greedy: the
     draw is an argmax and the routers read the plain softmax.
 
     A temperature in (0, ``MIN_TEMPERATURE``) (1e-5) is greedy too, exactly as 0: dividing
