@@ -143,6 +143,7 @@ class RunningBatch:
             if id(request) not in live:
                 request.stats = counters.minus(self._counters_at_join.pop(id(request)))
                 request.stats.steps = request.steps
+                request.stats.waited_steps = request.waited_steps
                 request.done = True
         self.requests = [r for r in self.requests if id(r) in live]
 

@@ -36,6 +36,8 @@ class DecodeStats:
     aligned_synced_tokens: int = 0
     base_reused_tokens: int = 0
     aligned_reused_tokens: int = 0
+    #: Steps the running batch took while this call waited to join it (continuous batching).
+    waited_steps: int = 0
 
     def minus(self, earlier: DecodeStats) -> DecodeStats:
         return DecodeStats(
@@ -62,6 +64,9 @@ class Request:
     streaming: bool = False
     stats: DecodeStats = field(default_factory=DecodeStats)
     steps: int = 0
+    #: The scheduler's step count when the call was submitted, and the steps it then waited.
+    submitted_at_step: int = 0
+    waited_steps: int = 0
     #: Set when the request left the batch (finished, cancelled or failed).
     done: bool = False
     error: BaseException | None = None

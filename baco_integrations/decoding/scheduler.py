@@ -119,6 +119,7 @@ class Scheduler:
                     f"{len(self._waiting)} requests are already waiting for this engine "
                     f"(EngineLimits.max_waiting={self.max_waiting}); retry later"
                 )
+            request.submitted_at_step = self.steps
             self._waiting.append(ticket)
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name=THREAD_NAME, daemon=True)
@@ -204,6 +205,7 @@ class Scheduler:
                 self._join([ticket])
             return
         for ticket in tickets:
+            ticket.request.waited_steps = self.steps - ticket.request.submitted_at_step
             self._live[id(ticket.request)] = ticket
 
     def _cancelled(self, ticket: Ticket) -> bool:

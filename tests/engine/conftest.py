@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import pytest
 import torch
 
-from baco_integrations import RouterInputs
+from baco_integrations import BacoEngine, RouterInputs
 
 
 @dataclass
@@ -29,3 +29,9 @@ class SpyRouter:
 @pytest.fixture
 def spy() -> Callable[..., SpyRouter]:
     return SpyRouter
+
+
+@pytest.fixture(params=["shared", "cross"])
+def any_engine(request: pytest.FixtureRequest) -> BacoEngine:
+    """Both kinds of pair: one tokenizer, and two (a cross-family pair)."""
+    return request.getfixturevalue("engine" if request.param == "shared" else "cross_engine")

@@ -193,16 +193,6 @@ def test_sync_keeps_the_longest_common_prefix(cross_engine: BacoEngine) -> None:
     assert state.last_sync == (0, 2, 1)
 
 
-def test_streaming_equals_generate(cross_engine: BacoEngine) -> None:
-    kwargs = {"router": "P-PUNC", "gamma": 0.5, "max_new_tokens": 30, "seed": 6}
-    (out,) = cross_engine.generate(PROMPTS[0], **kwargs)[0]
-    chunks = list(cross_engine.stream(PROMPTS[0], **kwargs))
-    assert "".join(c.text for c in chunks) == out.text
-    assert tuple(t for c in chunks for t in c.token_ids) == out.token_ids
-    assert tuple(s for c in chunks for s in c.sources) == out.sources
-    assert chunks[-1].finish_reason == out.finish_reason
-
-
 def test_stop_strings_cut_text_and_ids(cross_engine: BacoEngine) -> None:
     kwargs = {"router": "random", "gamma": 0.5, "max_new_tokens": 40, "seed": 3}
     (full,) = cross_engine.generate(PROMPTS[1], **kwargs)[0]

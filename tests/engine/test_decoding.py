@@ -37,17 +37,18 @@ def test_single_model_router_matches_transformers_generate(engine: BacoEngine, s
 
 
 @pytest.mark.parametrize("router", ["aligned", "P-PUNC", "H", "random"])
-def test_batch_of_prompts_matches_each_prompt_alone(engine: BacoEngine, router: str) -> None:
-    settings = {"router": router, "gamma": 0.5, "temperature": 0, "max_new_tokens": 16, "seed": 0}
-    batched = engine.generate(PROMPTS, **settings)
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_batch_of_prompts_matches_each_prompt_alone(
+    any_engine: BacoEngine, router: str, temperature: float
+) -> None:
+    """Greedy or sampled: a seeded prompt's samples are the same alone or in a batch."""
+    settings = {"router": router, "gamma": 0.5, "temperature": temperature, "seed": 0}
+    batched = any_engine.generate(PROMPTS, max_new_tokens=16, n=2, **settings)
     for i, prompt in enumerate(PROMPTS):
-        alone = engine.generate(prompt, **settings)[0][0]
-        if router == "random":  # random draws depend on the row: compare only shape
-            assert batched[i][0].num_tokens > 0
-            continue
-        assert batched[i][0].token_ids == alone.token_ids
-        assert batched[i][0].sources == alone.sources
-        assert batched[i][0].text == alone.text
+        alone = any_engine.generate(prompt, max_new_tokens=16, n=2, **settings)[0]
+        assert [o.token_ids for o in batched[i]] == [o.token_ids for o in alone]
+        assert [o.sources for o in batched[i]] == [o.sources for o in alone]
+        assert [o.text for o in batched[i]] == [o.text for o in alone]
 
 
 def test_samples_of_a_prompt_share_one_prefill(engine: BacoEngine) -> None:
@@ -147,14 +148,16 @@ def test_aligned_end_of_turn_token_stops(engine: BacoEngine) -> None:
     assert im_end in engine.pair.aligned.eos_ids
 
 
-def test_stream_matches_generate_and_tags_sources(engine: BacoEngine) -> None:
+def test_stream_matches_generate_and_tags_sources(any_engine: BacoEngine) -> None:
     kwargs = {"router": "P-PUNC", "gamma": 0.5, "max_new_tokens": 24, "seed": 11, "n": 2}
-    full = engine.generate(PROMPTS[0], **kwargs)[0]
-    chunks = list(engine.stream(PROMPTS[0], **kwargs))
+    full = any_engine.generate(PROMPTS[0], **kwargs)[0]
+    chunks = list(any_engine.stream(PROMPTS[0], **kwargs))
     for j in range(2):
         mine = [c for c in chunks if c.sample_index == j]
         assert "".join(c.text for c in mine) == full[j].text
         assert [t for c in mine for t in c.token_ids] == list(full[j].token_ids)
+        assert [s for c in mine for s in c.sources] == list(full[j].sources)
+        assert mine[-1].output == full[j]
         assert mine[-1].finish_reason == full[j].finish_reason
         assert all(c.finish_reason is None for c in mine[:-1])
         assert all(c.source in ("base", "aligned") for c in mine[:-1] if c.text)

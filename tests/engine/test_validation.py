@@ -14,13 +14,6 @@ from baco_integrations.config import MIN_TEMPERATURE
 from baco_integrations.limits import EngineLimits
 
 
-@pytest.fixture(params=["shared", "cross"])
-def any_engine(request: pytest.FixtureRequest) -> BacoEngine:
-    """Both kinds of pair: one tokenizer, and two (a cross-family pair)."""
-    name = "engine" if request.param == "shared" else "cross_engine"
-    return request.getfixturevalue(name)
-
-
 @pytest.fixture
 def no_work(any_engine: BacoEngine, monkeypatch: pytest.MonkeyPatch) -> Iterator[BacoEngine]:
     """The engine, whose tokenizers and models fail the test if anything reaches them."""
