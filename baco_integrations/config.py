@@ -20,6 +20,7 @@ from pydantic import (
     model_validator,
 )
 
+from .constraints import Constraint
 from .prompts import check_text, template_fields
 
 Source = Literal["base", "aligned"]
@@ -210,6 +211,11 @@ class GenerationSettings(BaseModel):
         description="Plain-text template for the base model: exactly the field '{prompt}' "
         "(one or more times), other braces doubled ('{{', '}}').",
     )
+    constraint: Constraint | None = Field(
+        default=None,
+        description="What every sample must match: a JSON schema (or pydantic model class), "
+        "any JSON object, a regex or a choice of strings (see Constraint).",
+    )
     lazy: bool = Field(
         default=True,
         description="Run a model only when its distribution is needed (same tokens either way).",
@@ -252,6 +258,11 @@ class GenerationSettings(BaseModel):
         check_text(value, "base_template")
         template_fields(value)  # exactly '{prompt}' fields, at least one
         return value
+
+    @field_validator("constraint", mode="before")
+    @classmethod
+    def _coerce_constraint(cls, value: object) -> object:
+        return Constraint.coerce(value)
 
     @field_validator("router", mode="before")
     @classmethod

@@ -30,6 +30,7 @@ from .decoding import (
     Request,
     make_samples,
 )
+from .decoding.grammar import SampleMatchers
 from .decoding.scheduler import Listener, Progress, Scheduler
 from .limits import EngineLimits
 from .loading import load_causal_lm
@@ -375,6 +376,8 @@ class BacoEngine:
             streaming=streaming,
         )
         request.samples = make_samples(self.pair, request)
+        if settings.constraint is not None:
+            request.matchers = SampleMatchers(settings.constraint, self.pair, request.samples)
         return request
 
     def _step_budget(self, prompt_ids: tuple[list[list[int]], ...], max_new_tokens: int) -> int:

@@ -81,6 +81,7 @@ class RunningBatch:
             tokens, sources = Step(
                 self.pair,
                 self.bridge,
+                self.rows,
                 self.groups,
                 self.writers,
                 self.writers_host,

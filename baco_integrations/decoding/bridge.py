@@ -44,6 +44,8 @@ class Bridge(Protocol):
 
     def logits(self, source: int, rows: Sequence[int]) -> torch.Tensor: ...
 
+    def view(self, source: int, row: int, sample: SampleRecord) -> Sequence[int]: ...
+
     def commit(
         self,
         rows: Sequence[SampleRecord],
@@ -124,6 +126,10 @@ class TokenBridge:
     def logits(self, source: int, rows: Sequence[int]) -> torch.Tensor:
         return self.states[source].logits()
 
+    def view(self, source: int, row: int, sample: SampleRecord) -> Sequence[int]:
+        """The row's response as ``source`` sees it: every committed id."""
+        return sample.token_ids
+
     def commit(
         self,
         rows: Sequence[SampleRecord],
@@ -203,6 +209,10 @@ class TextBridge:
         return torch.nn.functional.pad(
             logits, (0, self.width - logits.shape[1]), value=float("-inf")
         )
+
+    def view(self, source: int, row: int, sample: SampleRecord) -> Sequence[int]:
+        """The row's response as ``source`` sees it: its own tokens of the text so far."""
+        return self.states[source].view(row)
 
     def commit(
         self,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -14,6 +15,9 @@ from ..routers import BOTH, RouterInputs, build_router, router_needs
 from ..sampling import Sampler
 from .randomness import row_seed, seeded_generator
 from .samples import SampleRecord
+
+if TYPE_CHECKING:
+    from .grammar import SampleMatchers
 
 
 class DecodingCancelled(RuntimeError):
@@ -70,6 +74,8 @@ class Request:
     #: Set when the request left the batch (finished, cancelled or failed).
     done: bool = False
     error: BaseException | None = None
+    #: Grammar matchers of a constrained call (``settings.constraint``), per sample and model.
+    matchers: SampleMatchers | None = None
 
     def __post_init__(self) -> None:
         settings = self.settings

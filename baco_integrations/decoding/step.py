@@ -24,6 +24,7 @@ from .bridge import Bridge
 from .pair import ALIGNED, BASE, NO_SOURCE, Pair
 from .randomness import RowRandomness
 from .request import Request
+from .samples import SampleRecord
 
 
 class RequestFailed(Exception):
@@ -53,10 +54,13 @@ class Group:
 
 class StepScores:
     """A group's tempered and truncated scores per source, computed when first needed and
-    again only if the model ran since (a cross-family catch-up for more rows)."""
+    again only if the model ran since (a cross-family catch-up for more rows). A constrained
+    request's grammar masks its logits first, so routers and draws read the same masked
+    distributions."""
 
-    def __init__(self, bridge: Bridge) -> None:
+    def __init__(self, bridge: Bridge, rows: Sequence[SampleRecord]) -> None:
         self.bridge = bridge
+        self.rows = rows
         self._cache: dict[tuple[int, int], tuple[int, torch.Tensor, torch.Tensor]] = {}
 
     def _get(self, group: Group, source: int, rows: Sequence[int]) -> tuple[torch.Tensor, ...]:
@@ -66,10 +70,21 @@ class StepScores:
         cached = self._cache.get(key)
         if cached is None or cached[0] != version:
             sampler = group.request.sampler
-            tempered = sampler.temper(logits[group.slice])
+            tempered = sampler.temper(self._constrained(group, source, logits[group.slice]))
             cached = (version, tempered, sampler.truncate(tempered))
             self._cache[key] = cached
         return cached[1], cached[2]
+
+    def _constrained(self, group: Group, source: int, logits: torch.Tensor) -> torch.Tensor:
+        matchers = group.request.matchers
+        if matchers is None:
+            return logits
+        samples = self.rows[group.slice]
+        views = [
+            self.bridge.view(source, row, sample)
+            for row, sample in zip(range(group.start, group.stop), samples, strict=True)
+        ]
+        return matchers.apply(source, logits, samples, views)
 
     def tempered(self, group: Group, source: int, rows: Sequence[int]) -> torch.Tensor:
         return self._get(group, source, rows)[0]
@@ -113,6 +128,7 @@ class Step:
         self,
         pair: Pair,
         bridge: Bridge,
+        rows: Sequence[SampleRecord],
         groups: Sequence[Group],
         writers: torch.Tensor,
         writers_host: list[int],
@@ -122,7 +138,7 @@ class Step:
         self.pair, self.bridge, self.groups = pair, bridge, groups
         self.writers, self.writers_host = writers, writers_host
         self.randomness, self.continuation = randomness, continuation
-        self.scores = StepScores(bridge)
+        self.scores = StepScores(bridge, rows)
 
     def run(self) -> tuple[torch.Tensor, torch.Tensor]:
         """``(tokens, sources)``, one per row."""
