@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 from .config import Source
-from .stops import streamable_length
 
 FinishReason = Literal["stop", "length"]
 
@@ -125,38 +124,4 @@ class Usage:
         return Usage(
             prompt_tokens=self.prompt_tokens + other.prompt_tokens,
             completion_tokens=self.completion_tokens + other.completion_tokens,
-        )
-
-
-@dataclass
-class SampleRecord:
-    """What one sample accumulates while it is decoded, in either decoding mode: its tokens,
-    their sources, where each token's text ends, the text and how it finished."""
-
-    prompt_index: int
-    sample_index: int
-    prompt_tokens: int
-    token_ids: list[int] = field(default_factory=list)
-    sources: list[Source] = field(default_factory=list)
-    ends: list[int] = field(default_factory=list)
-    text: str = ""
-    finish_reason: FinishReason | None = None
-    #: Tokens already streamed.
-    emitted_tokens: int = 0
-
-    def safe_length(self, stops: Sequence[str] | None) -> int:
-        """How much text can be streamed: all but a suffix that may begin a stop string."""
-        if self.finish_reason is not None:
-            return len(self.text)
-        return streamable_length(self.text, stops)
-
-    def output(self) -> BacoOutput:
-        return BacoOutput(
-            text=self.text,
-            token_ids=tuple(self.token_ids),
-            sources=tuple(self.sources),
-            finish_reason=self.finish_reason or "length",
-            prompt_index=self.prompt_index,
-            sample_index=self.sample_index,
-            prompt_tokens=self.prompt_tokens,
         )

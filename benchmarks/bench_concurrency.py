@@ -142,15 +142,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     if args.base is None:
-        from baco_integrations.testing import make_tiny_pair
+        from baco_integrations.testing import make_bench_pair
 
-        pair = make_tiny_pair(
-            tempfile.mkdtemp(prefix="baco-bench-"),
-            vocab_size=8000,
-            hidden_size=512,
-            num_layers=6,
-            max_position_embeddings=1024,
-        )
+        pair = make_bench_pair(tempfile.mkdtemp(prefix="baco-bench-"))
         args.base, args.aligned = str(pair.base_dir), str(pair.aligned_dir)
     engine = BacoEngine.from_pretrained(
         args.base, args.aligned, device=args.device, dtype=args.dtype

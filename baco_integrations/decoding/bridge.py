@@ -15,8 +15,9 @@ tokens to the samples and the caches.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 
@@ -32,93 +33,110 @@ from .token_state import CacheImplementation, TokenModelState
 _DETOKENIZER_CONTEXT = 6
 
 
-class Bridge(Protocol):
-    """What the step loop needs from the models, whichever kind of pair it decodes."""
+class Bridge(ABC):
+    """What the step loop needs from the two models, whichever kind of pair it decodes.
 
-    #: Forwards run per source so far (a change means logits changed).
-    def version(self, source: int) -> int: ...
+    ``states[source]`` is each model's KV cache over the batch's rows; joining, leaving,
+    releasing and counting work are the same for both kinds of pair and live here.
+    """
 
-    def join(self, requests: Sequence[Request]) -> None: ...
+    def __init__(self, pair: Pair, states: tuple[Any, Any]) -> None:
+        self.pair = pair
+        self.states = states
 
-    def before_step(self, writers: Sequence[int]) -> None: ...
+    @abstractmethod
+    def _new_state(self, member: PairMember) -> Any:
+        """An empty state of this bridge's kind for ``member``, to prefill joining rows."""
 
-    def logits(self, source: int, rows: Sequence[int]) -> torch.Tensor: ...
+    @abstractmethod
+    def before_step(self, writers: Sequence[int]) -> None:
+        """Bring rows up to date before a step reads any distribution."""
 
-    def view(self, source: int, row: int, sample: SampleRecord) -> Sequence[int]: ...
+    @abstractmethod
+    def logits(self, source: int, rows: Sequence[int]) -> torch.Tensor:
+        """``[rows, width]`` next-token logits of ``source``, up to date for ``rows``."""
 
+    @abstractmethod
+    def view(self, source: int, row: int, sample: SampleRecord) -> Sequence[int]:
+        """The row's response as ``source`` sees it (its own token ids)."""
+
+    @abstractmethod
     def commit(
         self,
         rows: Sequence[SampleRecord],
         tokens: list[int],
         sources: list[int],
         writers: list[int],
-    ) -> list[str | None]: ...
+    ) -> list[str | None]:
+        """Commit each row's token to its sample; a row's text delta, or None for an
+        end-of-sequence token (which is not written)."""
 
-    def after_step(self, tokens: torch.Tensor, lock_step: bool) -> None: ...
+    @abstractmethod
+    def after_step(self, tokens: torch.Tensor, lock_step: bool) -> None:
+        """Hand the step's tokens (of the rows that go on) to the models."""
 
-    def select(self, keep: torch.Tensor) -> None: ...
+    def version(self, source: int) -> int:
+        """Forwards run by ``source`` so far: a change means its logits changed."""
+        return int(self.states[source].forward_passes)
 
-    def release(self) -> None: ...
+    def join(self, requests: Sequence[Request]) -> None:
+        """Prefill the requests' prompts, one forward per model, into the running rows'
+        caches if there are any. Both prefills come first, so a failure there leaves the
+        running rows as they were."""
+        repeats = [r.n for r in requests for _ in r.prompts]
+        capacity = max(r.max_steps for r in requests)
 
-    def counters(self) -> DecodeStats: ...
+        def prompts(member: PairMember) -> list[list[int]]:
+            return [ids for r in requests for ids in r.prompt_ids[member.source]]
 
-
-def _counters(states: Sequence[TokenModelState | TextModelState]) -> DecodeStats:
-    stats = DecodeStats()
-    for source, state in zip(SOURCE_IDS, states, strict=True):
-        name = "base" if source == BASE else "aligned"
-        setattr(stats, f"{name}_forward_passes", state.forward_passes)
-        setattr(stats, f"{name}_forward_tokens", state.forward_tokens)
-        if isinstance(state, TextModelState):
-            setattr(stats, f"{name}_synced_tokens", state.synced_tokens)
-            setattr(stats, f"{name}_reused_tokens", state.reused_tokens)
-    return stats
-
-
-def _join(
-    states: Sequence[Any],
-    requests: Sequence[Request],
-    new_state: Callable[[PairMember], Any],
-) -> None:
-    """Prefill ``requests`` into ``states`` (empty ones directly; running ones through fresh
-    states whose rows are then merged in). Both prefills come first, so a failure there leaves
-    the running rows as they were."""
-    repeats = [r.n for r in requests for _ in r.prompts]
-    capacity = max(r.max_steps for r in requests)
-
-    def prompts(member: PairMember) -> list[list[int]]:
-        return [ids for r in requests for ids in r.prompt_ids[member.source]]
-
-    if states[0].cache is None:
-        for state in states:
+        if self.states[0].cache is None:
+            for state in self.states:
+                state.prefill(prompts(state.member), repeats, capacity)
+            return
+        joining = [self._new_state(state.member) for state in self.states]
+        for state in joining:
             state.prefill(prompts(state.member), repeats, capacity)
-        return
-    joining = [new_state(state.member) for state in states]
-    for state in joining:
-        state.prefill(prompts(state.member), repeats, capacity)
-    for state, new in zip(states, joining, strict=True):
-        state.merge(new, spare=capacity)
+        for state, new in zip(self.states, joining, strict=True):
+            state.merge(new, spare=capacity)
+
+    def select(self, keep: torch.Tensor) -> None:
+        """Keep only the rows ``keep`` (indices, in order)."""
+        for state in self.states:
+            state.select(keep)
+
+    def release(self) -> None:
+        """Free every cache now rather than when the states are collected."""
+        for state in self.states:
+            state.release()
+
+    def counters(self) -> DecodeStats:
+        """Work done so far by each model (forwards, tokens; re-tokenization across
+        families)."""
+        stats = DecodeStats()
+        for source, state in zip(SOURCE_IDS, self.states, strict=True):
+            name = "base" if source == BASE else "aligned"
+            setattr(stats, f"{name}_forward_passes", state.forward_passes)
+            setattr(stats, f"{name}_forward_tokens", state.forward_tokens)
+            if isinstance(state, TextModelState):
+                setattr(stats, f"{name}_synced_tokens", state.synced_tokens)
+                setattr(stats, f"{name}_reused_tokens", state.reused_tokens)
+        return stats
 
 
-class TokenBridge:
+class TokenBridge(Bridge):
     """A shared tokenizer: tokens are the shared currency (the fast path)."""
 
     def __init__(
         self, pair: Pair, cache_implementation: CacheImplementation, compiled: bool
     ) -> None:
-        self.pair = pair
-        self.states = tuple(
+        states = tuple(
             TokenModelState(member, pair.device, cache_implementation, compiled)
             for member in pair.members
         )
+        super().__init__(pair, (states[0], states[1]))
 
-    def version(self, source: int) -> int:
-        return self.states[source].forward_passes
-
-    def join(self, requests: Sequence[Request]) -> None:
-        """Prefill the requests' prompts in one forward per model, into the running rows'
-        caches if there are any."""
-        _join(self.states, requests, lambda m: TokenModelState(m, self.pair.device))
+    def _new_state(self, member: PairMember) -> TokenModelState:
+        return TokenModelState(member, self.pair.device)
 
     def before_step(self, writers: Sequence[int]) -> None:
         """Nothing to bring up to date: both models see every committed token."""
@@ -150,37 +168,24 @@ class TokenBridge:
             if lock_step:
                 state.logits()  # lock-step: every model runs every step
 
-    def select(self, keep: torch.Tensor) -> None:
-        for state in self.states:
-            state.select(keep)
 
-    def release(self) -> None:
-        for state in self.states:
-            state.release()
-
-    def counters(self) -> DecodeStats:
-        return _counters(self.states)
-
-
-class TextBridge:
+class TextBridge(Bridge):
     """Different tokenizers: text is the shared currency (cross-family pairs)."""
 
     def __init__(self, pair: Pair) -> None:
-        self.pair = pair
-        self.states = tuple(TextModelState(member, pair.device) for member in pair.members)
+        states = tuple(TextModelState(member, pair.device) for member in pair.members)
+        super().__init__(pair, (states[0], states[1]))
         self.width = pair.width
         self.writers: list[int] = []
         self.samples: list[TextSample] = []
         # Looked up per row and token on the host: one copy, not a device read per token.
         self.continuation = [member.masks.continuation.cpu() for member in pair.members]
 
-    def version(self, source: int) -> int:
-        return self.states[source].forward_passes
+    def _new_state(self, member: PairMember) -> TextModelState:
+        return TextModelState(member, self.pair.device)
 
     def join(self, requests: Sequence[Request]) -> None:
-        """Prefill the requests' prompts in one forward per model, into the running rows'
-        caches if there are any."""
-        _join(self.states, requests, lambda m: TextModelState(m, self.pair.device))
+        super().join(requests)
         self.samples.extend(s for r in requests for s in r.samples if isinstance(s, TextSample))
 
     def _sync(self, source: int, rows: Sequence[int], writers: Sequence[int]) -> None:
@@ -243,14 +248,9 @@ class TextBridge:
         """Nothing to push: the writers appended their tokens, the others sync when needed."""
 
     def select(self, keep: torch.Tensor) -> None:
-        for state in self.states:
-            state.select(keep)
+        super().select(keep)
         self.samples = [self.samples[r] for r in keep.tolist()]
 
     def release(self) -> None:
-        for state in self.states:
-            state.release()
+        super().release()
         self.samples = []
-
-    def counters(self) -> DecodeStats:
-        return _counters(self.states)
