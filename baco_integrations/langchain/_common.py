@@ -25,12 +25,13 @@ from .._adapter import (
 )
 from ..config import GenerationSettings
 
-#: What BACO offers where LangChain asks for structured output.
+#: Where structured output comes from with BACO (no tool calling; decoding under a grammar).
 STRUCTURED_OUTPUT_ADVICE = (
-    "BACO decodes free text: it has no tool calling, JSON mode or schema-constrained decoding. "
-    "Ask for the format in the prompt and parse the text with an output parser (e.g. "
-    "`prompt | model | JsonOutputParser()`, or PydanticOutputParser with its format "
-    "instructions in the prompt)."
+    "For structured output, use ChatBaco.with_structured_output(schema) (method 'json_schema' "
+    "or 'json_mode'): every sample is decoded under the schema and parsed. Any call also "
+    "takes constraint= (a pydantic model class, or a baco_integrations.constraints.Constraint): "
+    "`llm.invoke(prompt, constraint=Idea)` gives JSON valid against Idea; see "
+    "docs/structured.md."
 )
 
 
@@ -83,10 +84,11 @@ class BacoSettingsMixin(EngineSettings):
             await stream.aclose()
 
     def with_structured_output(self, schema: Any, **kwargs: Any) -> NoReturn:
-        """Not supported: raises ``NotImplementedError`` saying what to do instead."""
+        """Not on a text-completion model: raises ``NotImplementedError`` saying what to use
+        (ChatBaco overrides this with decoding under the schema)."""
         raise NotImplementedError(
-            f"{type(self).__name__} does not support with_structured_output. "
-            + STRUCTURED_OUTPUT_ADVICE
+            f"{type(self).__name__} is a text-completion model and has no "
+            "with_structured_output. " + STRUCTURED_OUTPUT_ADVICE
         )
 
     # ----------------------------------------------------------------- settings

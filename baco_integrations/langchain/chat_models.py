@@ -5,14 +5,14 @@ from __future__ import annotations
 import builtins
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import aclosing, closing
-from typing import Any, NoReturn
+from typing import Any, Literal, NoReturn
 
 from langchain_core.callbacks import (
     AsyncCallbackManagerForLLMRun,
     CallbackManagerForLLMRun,
     Callbacks,
 )
-from langchain_core.language_models import BaseChatModel
+from langchain_core.language_models import BaseChatModel, LanguageModelInput
 from langchain_core.language_models.base import LangSmithParams
 from langchain_core.messages import (
     AIMessage,
@@ -24,6 +24,7 @@ from langchain_core.messages import (
 )
 from langchain_core.messages.ai import UsageMetadata
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult, LLMResult
+from langchain_core.runnables import Runnable
 from pydantic import ConfigDict
 
 from .._adapter import PROVIDER, check_streamable
@@ -31,6 +32,7 @@ from ..config import GenerationSettings
 from ..conversation import ROLE_ALIASES, Role, canonical_role, merge_turns
 from ..outputs import BacoChunk, BacoOutput, Usage
 from ._common import STRUCTURED_OUTPUT_ADVICE, BacoSettingsMixin
+from .structured import structured_output
 
 #: Keyword arguments LangChain itself interprets (``invoke(..., stream=True)``) and forwards.
 _LANGCHAIN_KWARGS = frozenset({"stream"})
@@ -110,7 +112,11 @@ class ChatBaco(BacoSettingsMixin, BaseChatModel):
 
     Replies carry ``usage_metadata`` and ``response_metadata`` with the per-token ``sources``
     and ``token_ids`` (aligned-tokenizer ids), the ``base_fraction``, the ``finish_reason`` and
-    the model names. Tool calling and structured output are not supported.
+    the model names.
+
+    Structured output (:meth:`with_structured_output`) decodes every sample under the schema
+    (``method="json_schema"``) or as a JSON object (``"json_mode"``); any call also takes
+    ``constraint=``. Tool calling is not supported.
     """
 
     model_config = ConfigDict(
@@ -148,10 +154,59 @@ class ChatBaco(BacoSettingsMixin, BaseChatModel):
     def bind_tools(self, tools: Sequence[Any], **kwargs: Any) -> NoReturn:
         """Not supported: raises ``NotImplementedError`` saying what to do instead."""
         raise NotImplementedError(
-            "ChatBaco does not support tool calling (bind_tools): its replies are free text and "
-            "never hold tool calls. To use BACO in an agent, wrap it in a tool that a "
-            "tool-calling model calls (see examples/langchain_agent_tool.py). "
-            + STRUCTURED_OUTPUT_ADVICE
+            "ChatBaco does not support tool calling (bind_tools): its replies never hold tool "
+            "calls. To use BACO in an agent, wrap it in a tool that a tool-calling model calls "
+            "(see examples/langchain_agent_tool.py). " + STRUCTURED_OUTPUT_ADVICE
+        )
+
+    def with_structured_output(  # type: ignore[override]
+        self,
+        schema: builtins.dict[str, Any] | type | None = None,
+        *,
+        method: Literal["json_schema", "json_mode", "function_calling"] = "json_schema",
+        include_raw: bool = False,
+        strict: bool | None = None,
+        **kwargs: Any,
+    ) -> Runnable[LanguageModelInput, Any]:
+        """A runnable whose replies are decoded under ``schema`` and parsed.
+
+        ``schema`` is a pydantic model class (the output is an instance of it), or a JSON
+        schema dict, a TypedDict class or an OpenAI function/tool dict (the output is a
+        dict). ``method``:
+
+        * ``"json_schema"`` (default): every sample is compact JSON valid against the schema
+          by construction (objects closed to keys the schema does not list), unless the token
+          budget ends it first (``finish_reason == "length"``: raise ``max_new_tokens``);
+        * ``"json_mode"``: every sample is a JSON object (``schema`` may be None; if given it
+          only parses the reply, so ask for its keys in the prompt).
+
+        ``"function_calling"`` raises ``ValueError``: BACO has no tool calling. ``strict`` is
+        accepted for compatibility with ``json_schema`` (decoding is always strict).
+        ``include_raw=True`` gives ``{"raw": AIMessage, "parsed": ..., "parsing_error": ...}``
+        (the error caught, not raised). ``kwargs`` are settings bound to every call
+        (``n=``, ``temperature=``, ``max_new_tokens=``, ...; unknown names raise).
+
+        With ``n > 1`` (the field, or ``n=`` here) the runnable returns a list of ``n``
+        results, one per sample, in sample order (each a parsed object, or a
+        ``{"raw", "parsed", "parsing_error"}`` dict with ``include_raw=True``); the samples
+        share one prefill and are decoded in one call. It cannot stream then.
+
+        Example::
+
+            class Idea(BaseModel):
+                title: str
+                risk: int
+
+            chain = prompt | ChatBaco(engine=engine, n=4).with_structured_output(Idea)
+            ideas = chain.invoke({"topic": "coffee"})  # [Idea(...), Idea(...), ...]
+        """
+        return structured_output(
+            self,
+            schema,
+            method=method,
+            include_raw=include_raw,
+            strict=strict,
+            settings=kwargs,
         )
 
     # ----------------------------------------------------------------- entry points
