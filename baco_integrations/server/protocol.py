@@ -1,0 +1,318 @@
+"""Requests in OpenAI's wire format, and how one becomes prompts plus GenerationSettings.
+
+The OpenAI sampling fields (``n``, ``temperature``, ``top_p``, ``seed``, ``stop``,
+``max_tokens`` / ``max_completion_tokens``) and BACO's own settings, sent as extra fields
+(``extra_body={"router": "P-PUNC", "gamma": 0.3}`` in the openai client), are validated by the
+one :class:`~baco_integrations.GenerationSettings`, so a bad value is refused with the same
+message as in-process. Any other field is refused by name. OpenAI features BACO does not have
+(tools, logprobs, penalties, ...) are refused unless left at their "off" value.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, StrictBool, ValidationError
+
+from ..config import SETTING_NAMES, GenerationSettings
+from ..conversation import ROLE_ALIASES, canonical_role, merge_turns
+from ..prompts import Prompt
+from .config import ServerConfig
+from .errors import bad_request, from_validation
+
+#: OpenAI fields that are GenerationSettings fields of the same name.
+OPENAI_SETTINGS = ("n", "temperature", "top_p", "seed", "stop")
+#: The names a request may give the output length under; the first one given wins.
+MAX_TOKENS_NAMES = ("max_completion_tokens", "max_tokens", "max_new_tokens")
+#: BACO settings a request may add as extra fields.
+BACO_FIELDS = tuple(name for name in SETTING_NAMES if name not in OPENAI_SETTINGS)
+
+LOGPROBS_WHY = (
+    "the BACO engine does not record token probabilities yet, so the probability of each "
+    "token under the model that wrote it cannot be reported; omit it"
+)
+
+
+def _off(*values: Any) -> Callable[[Any], bool]:
+    return lambda value: value is None or any(value == v for v in values)
+
+
+#: OpenAI features BACO lacks: field -> (is it off?, why it is refused otherwise).
+UNSUPPORTED: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "tools": (_off([]), "BACO has no tool calling"),
+    "functions": (_off([]), "BACO has no tool calling"),
+    "tool_choice": (_off("none"), "BACO has no tool calling"),
+    "function_call": (_off("none"), "BACO has no tool calling"),
+    "response_format": (_off({"type": "text"}), "BACO has no JSON or structured output mode"),
+    "presence_penalty": (_off(0), "BACO's sampling has no penalties"),
+    "frequency_penalty": (_off(0), "BACO's sampling has no penalties"),
+    "logit_bias": (_off({}), "BACO's sampling has no logit bias"),
+    "audio": (_off(), "BACO reads and writes text only"),
+    "modalities": (_off(["text"]), "BACO reads and writes text only"),
+    "prediction": (_off(), "BACO has no predicted outputs"),
+    "reasoning_effort": (_off(), "BACO's models have no reasoning mode"),
+    "verbosity": (_off(), "BACO has no verbosity setting"),
+    "web_search_options": (_off(), "BACO has no web search"),
+    "echo": (_off(False), "BACO does not echo the prompt"),
+    "suffix": (_off(""), "BACO does not insert text before a suffix"),
+    "top_logprobs": (_off(), LOGPROBS_WHY),
+}
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    include_usage: StrictBool = False
+    include_obfuscation: StrictBool | None = None  # accepted; BACO pads nothing
+
+
+class _Request(BaseModel):
+    """Fields common to both endpoints. Extra fields are kept for :func:`settings_of`, which
+    takes BACO settings from them and refuses any other by name."""
+
+    model_config = ConfigDict(extra="allow")
+
+    model: str
+    stream: StrictBool = False
+    stream_options: StreamOptions | None = None
+    # Validated by GenerationSettings (one definition of each setting's range).
+    n: Any = None
+    temperature: Any = None
+    top_p: Any = None
+    seed: Any = None
+    stop: Any = None
+    max_tokens: Any = None
+    max_completion_tokens: Any = None
+    # Refused unless off (see UNSUPPORTED).
+    presence_penalty: Any = None
+    frequency_penalty: Any = None
+    logit_bias: Any = None
+    # Accepted and not used: they describe the caller, not the decoding.
+    user: str | None = None
+    metadata: dict[str, Any] | None = None
+    store: bool | None = None
+    service_tier: str | None = None
+    safety_identifier: str | None = None
+    prompt_cache_key: str | None = None
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    role: str
+    content: str | list[dict[str, Any]] | None = None
+    name: str | None = None  # accepted; chat templates have no place for it
+    refusal: str | None = None
+    tool_calls: list[Any] | None = None
+    tool_call_id: str | None = None
+    function_call: Any = None
+
+
+class ChatCompletionRequest(_Request):
+    messages: list[ChatMessage]
+    logprobs: bool | None = None
+    top_logprobs: Any = None
+    tools: Any = None
+    functions: Any = None
+    tool_choice: Any = None
+    function_call: Any = None
+    parallel_tool_calls: bool | None = None  # meaningless without tools
+    response_format: Any = None
+    audio: Any = None
+    modalities: Any = None
+    prediction: Any = None
+    reasoning_effort: Any = None
+    verbosity: Any = None
+    web_search_options: Any = None
+
+
+class CompletionRequest(_Request):
+    prompt: Any
+    logprobs: Any = None
+    echo: Any = None
+    suffix: Any = None
+    best_of: Any = None
+
+
+@dataclass(frozen=True)
+class Call:
+    """One request as the engine takes it."""
+
+    prompts: list[Prompt]
+    settings: GenerationSettings
+    stream: bool
+    include_usage: bool
+    #: The field errors about the prompts name: ``messages`` or ``prompt``.
+    prompt_param: str
+    #: Setting name -> the field the client gave it as (``max_new_tokens`` -> ``max_tokens``).
+    wire: dict[str, str] = field(default_factory=dict)
+
+
+def chat_call(body: ChatCompletionRequest, config: ServerConfig) -> Call:
+    _refuse_unsupported(body)
+    if body.logprobs:
+        raise bad_request(f"logprobs is not supported: {LOGPROBS_WHY}", "logprobs", "unsupported")
+    return _call(body, [conversation(body.messages)], "messages", config)
+
+
+def completion_call(body: CompletionRequest, config: ServerConfig) -> Call:
+    _refuse_unsupported(body)
+    if body.logprobs is not None:
+        raise bad_request(f"logprobs is not supported: {LOGPROBS_WHY}", "logprobs", "unsupported")
+    if body.best_of is not None and body.best_of != (body.n or 1):
+        raise bad_request(
+            "best_of is not supported: BACO returns every sample it draws; use n", "best_of"
+        )
+    return _call(body, completion_prompts(body.prompt, config.max_prompts), "prompt", config)
+
+
+def _call(body: _Request, prompts: list[Prompt], prompt_param: str, config: ServerConfig) -> Call:
+    settings, wire = settings_of(body, config, prompt_param)
+    options = body.stream_options
+    return Call(
+        prompts=prompts,
+        settings=settings,
+        stream=body.stream,
+        include_usage=bool(body.stream and options is not None and options.include_usage),
+        prompt_param=prompt_param,
+        wire=wire,
+    )
+
+
+def _refuse_unsupported(body: _Request) -> None:
+    for name, (is_off, why) in UNSUPPORTED.items():
+        if name in type(body).model_fields and not is_off(getattr(body, name)):
+            raise bad_request(f"{name} is not supported: {why}", name, "unsupported")
+
+
+# ------------------------------------------------------------------------- settings
+
+
+def settings_of(
+    body: _Request, config: ServerConfig, prompt_param: str
+) -> tuple[GenerationSettings, dict[str, str]]:
+    """The request's GenerationSettings, within the server's caps, and the wire names."""
+    extras = dict(body.model_extra or {})
+    for name in extras:
+        if name not in BACO_FIELDS:
+            raise bad_request(
+                f"unknown field {name!r}: neither an OpenAI field this server reads nor a BACO "
+                f"setting ({', '.join(BACO_FIELDS)})",
+                name,
+                "unknown_field",
+            )
+    values = {name: getattr(body, name) for name in OPENAI_SETTINGS}
+    values = {name: value for name, value in {**values, **extras}.items() if value is not None}
+    given: dict[str, Any] = {}
+    for name in MAX_TOKENS_NAMES:
+        value = values.pop(name, None) if name == "max_new_tokens" else getattr(body, name)
+        if value is not None:
+            given[name] = value
+    wire = {"max_new_tokens": next(iter(given), "max_tokens")}
+    values["max_new_tokens"] = _one_max_tokens(given, config.default_max_tokens)
+    try:
+        settings = GenerationSettings.model_validate(values)
+    except ValidationError as exc:
+        raise from_validation(exc.errors(), wire, prompt_param) from None
+    _check_caps(settings, config, wire)
+    return settings, wire
+
+
+def _one_max_tokens(given: dict[str, Any], default: int) -> Any:
+    """The output length: the names given must agree (they are aliases)."""
+    if not given:
+        return default
+    (first, value), *others = given.items()
+    for name, other in others:
+        if other != value:
+            raise bad_request(
+                f"{first}={value!r} and {name}={other!r} disagree; they are aliases, give one",
+                first,
+            )
+    return value
+
+
+def _check_caps(settings: GenerationSettings, config: ServerConfig, wire: dict[str, str]) -> None:
+    if settings.max_new_tokens > config.max_tokens:
+        name = wire["max_new_tokens"]
+        raise bad_request(
+            f"{name}={settings.max_new_tokens} is more than this server allows "
+            f"({config.max_tokens}; ServerConfig.max_tokens)",
+            name,
+        )
+    if settings.n > config.max_n:
+        raise bad_request(
+            f"n={settings.n} is more than this server allows ({config.max_n}; ServerConfig.max_n)",
+            "n",
+        )
+
+
+# ------------------------------------------------------------------------- prompts
+
+
+def conversation(messages: list[ChatMessage]) -> list[dict[str, str]]:
+    """Chat messages as the engine's conversation (same-role neighbours joined)."""
+    if not messages:
+        raise bad_request("messages is empty: send at least one message", "messages")
+    turns = []
+    for i, message in enumerate(messages):
+        role = canonical_role(message.role)
+        if role is None:
+            raise bad_request(
+                f"messages[{i}].role={message.role!r} is not supported (BACO has no tool "
+                f"calling); roles are {', '.join(sorted(ROLE_ALIASES))}",
+                f"messages[{i}].role",
+                "unsupported",
+            )
+        if message.tool_calls or message.function_call:
+            raise bad_request(
+                f"messages[{i}] carries tool calls: BACO has no tool calling",
+                f"messages[{i}].tool_calls",
+                "unsupported",
+            )
+        turns.append((role, _text(message.content, i)))
+    return merge_turns(turns)
+
+
+def _text(content: str | list[dict[str, Any]] | None, i: int) -> str:
+    """A message's text: a string, or text parts joined; any other part is refused."""
+    if content is None or isinstance(content, str):
+        return content or ""
+    parts = []
+    for j, part in enumerate(content):
+        if part.get("type") != "text" or not isinstance(part.get("text"), str):
+            raise bad_request(
+                f"messages[{i}].content[{j}] is a {part.get('type')!r} part; BACO reads text "
+                "parts only ({'type': 'text', 'text': ...})",
+                f"messages[{i}].content[{j}]",
+                "unsupported",
+            )
+        parts.append(part["text"])
+    return "".join(parts)
+
+
+def completion_prompts(prompt: object, max_prompts: int) -> list[Prompt]:
+    """A completion's prompt: a string or a list of strings (token ids are refused)."""
+    if isinstance(prompt, str):
+        return [prompt]
+    if isinstance(prompt, list) and prompt and all(isinstance(p, str) for p in prompt):
+        if len(prompt) > max_prompts:
+            raise bad_request(
+                f"prompt holds {len(prompt)} prompts, more than this server allows in one "
+                f"request ({max_prompts}; ServerConfig.max_prompts)",
+                "prompt",
+            )
+        return list(prompt)
+    if isinstance(prompt, list) and prompt and all(isinstance(p, int | list) for p in prompt):
+        raise bad_request(
+            "prompt as token ids is not supported: the two models have their own tokenizers; "
+            "send text",
+            "prompt",
+            "unsupported",
+        )
+    raise bad_request(
+        f"prompt must be a string or a non-empty list of strings, got {type(prompt).__name__}",
+        "prompt",
+    )

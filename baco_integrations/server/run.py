@@ -1,0 +1,128 @@
+"""Running the app with uvicorn, and ``baco serve``: load a pair, then serve it.
+
+With no ``--base``/``--aligned``, ``baco serve`` serves the offline real pair (Gemma-3-270m
+base, SmolLM2-135M-Instruct aligned), installing it first if it is not in the cache, like
+``examples/quickstart.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import os
+import sys
+from typing import Any
+
+import uvicorn
+from fastapi import FastAPI
+
+from ..engine import BacoEngine
+from ..limits import EngineLimits
+from .app import create_app
+from .config import API_KEY_ENV, ServerConfig
+
+#: The model name ``baco serve`` gives the offline pair.
+OFFLINE_MODEL_NAME = "baco:gemma-3-270m+smollm2-135m-instruct"
+
+
+def uvicorn_config(app: FastAPI, config: ServerConfig, **overrides: Any) -> uvicorn.Config:
+    """uvicorn's settings for ``app``: the address, and a graceful shutdown that lets live
+    requests finish for ``config.shutdown_timeout_s`` before it cancels them."""
+    options: dict[str, Any] = {
+        "host": config.host,
+        "port": config.port,
+        "timeout_graceful_shutdown": config.shutdown_timeout_s,
+        "server_header": False,
+        "proxy_headers": False,
+        **overrides,
+    }
+    return uvicorn.Config(app, **options)
+
+
+def serve(engine: BacoEngine, config: ServerConfig) -> None:
+    """Serve ``engine`` until interrupted (SIGINT/SIGTERM stop it gracefully)."""
+    server = uvicorn.Server(uvicorn_config(create_app(engine, config), config))
+    try:
+        server.run()
+    finally:
+        engine.scheduler.shutdown()  # whatever a forced exit left running
+
+
+def config_from_args(args: argparse.Namespace) -> ServerConfig:
+    """The server's settings from ``baco serve``'s options (validated before any model loads)."""
+    api_key = args.api_key if args.api_key is not None else os.environ.get(API_KEY_ENV)
+    values = {
+        "host": args.host,
+        "port": args.port,
+        "api_key": api_key or None,
+        "model_name": args.model_name,
+        "max_body_bytes": args.max_body_bytes,
+        "max_prompt_tokens": args.max_prompt_tokens,
+        "max_tokens": args.max_tokens,
+        "default_max_tokens": args.default_max_tokens,
+        "max_n": args.max_n,
+        "cors_origins": tuple(args.cors_origin or ()),
+        "shutdown_timeout_s": args.shutdown_timeout,
+    }
+    return ServerConfig.model_validate({k: v for k, v in values.items() if v is not None})
+
+
+def engine_from_args(args: argparse.Namespace) -> tuple[BacoEngine, str]:
+    """The engine ``baco serve`` serves and its default model name."""
+    limits = EngineLimits.model_validate(
+        {
+            name: value
+            for name in ("max_live_rows", "max_waiting")
+            if (value := getattr(args, name)) is not None
+        }
+    )
+    if args.base is None:
+        from ..offline import converted_pair
+
+        print("baco: preparing the offline pair (installed once, then cached) ...", file=sys.stderr)
+        pair = converted_pair()
+        base, aligned, name = str(pair.base_dir), str(pair.aligned_dir), OFFLINE_MODEL_NAME
+    else:
+        base, aligned = args.base, args.aligned
+        name = f"baco:{base}+{aligned}"
+    engine = BacoEngine.from_pretrained(
+        base,
+        aligned,
+        device=args.device,
+        dtype=args.dtype,
+        base_gguf_file=args.base_gguf_file,
+        aligned_gguf_file=args.aligned_gguf_file,
+        limits=limits,
+    )
+    return engine, name
+
+
+def serve_command(args: argparse.Namespace) -> int:
+    """``baco serve``: check the options, load the pair, serve until interrupted."""
+    if (args.base is None) != (args.aligned is None):
+        raise ValueError("give both --base and --aligned, or neither (the offline pair)")
+    config = config_from_args(args)
+    if config.api_key is None and not _is_loopback(config.host):
+        print(
+            f"baco: warning: serving on {config.host} without an API key; anyone who can reach "
+            f"it may use it (set {API_KEY_ENV} or --api-key)",
+            file=sys.stderr,
+        )
+    engine, name = engine_from_args(args)
+    if config.model_name is None:
+        config = config.updated(model_name=name)
+    print(
+        f"baco: serving {config.model_name!r} at http://{config.host}:{config.port}/v1",
+        file=sys.stderr,
+    )
+    serve(engine, config)
+    return 0
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

@@ -1,0 +1,119 @@
+"""Server-sent events of a streamed request: engine chunks in, OpenAI stream chunks out.
+
+A chat stream opens with the role of every choice (``delta: {"role": "assistant"}``), then
+sends each piece of text as the engine delivers it, the choices of ``n`` interleaved by
+``index``; a choice's last chunk has its ``finish_reason`` and its provenance. With
+``stream_options.include_usage`` an extra chunk with no choices carries the usage. The stream
+ends with ``data: [DONE]``, or with an error event if decoding failed mid-way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+
+from transformers import PreTrainedTokenizerBase
+
+from ..decoding.request import DecodingCancelled
+from ..decoding.scheduler import EngineOverloaded
+from ..outputs import BacoChunk, BacoOutput, Usage
+from .errors import error_body, logger, overloaded
+from .metrics import Metrics
+from .responses import SSE_DONE, Reply, chunk, provenance, sse, stream_choice
+
+#: A prompt's index in its request, and one chunk of its stream.
+Piece = tuple[int, BacoChunk]
+
+
+@dataclass(frozen=True)
+class StreamContext:
+    """What a stream needs besides its chunks."""
+
+    reply: Reply
+    n: int
+    prompts: int
+    include_usage: bool
+    tokenizer: PreTrainedTokenizerBase
+    metrics: Metrics
+    retry_after_s: int
+    #: ``time.perf_counter()`` when the request arrived (time to first token).
+    started: float
+
+
+async def events(context: StreamContext, pieces: AsyncIterator[Piece]) -> AsyncIterator[str]:
+    """The SSE events of one request; closing this generator cancels its decoding."""
+    reply, include_usage = context.reply, context.include_usage
+    outputs: list[BacoOutput] = []
+    prompt_tokens: dict[int, int] = {}
+    waiting_first = True
+    try:
+        if reply.chat:
+            for index in range(context.prompts * context.n):
+                role = stream_choice(reply, index, "", None, role=True)
+                yield sse(chunk(reply, [role], include_usage=include_usage))
+        async for prompt_index, piece in pieces:
+            if waiting_first and piece.text:
+                waiting_first = False
+                context.metrics.first_token.observe(time.perf_counter() - context.started)
+            index = prompt_index * context.n + piece.sample_index
+            if piece.output is not None:
+                outputs.append(piece.output)
+                prompt_tokens[prompt_index] = piece.output.prompt_tokens
+                baco = provenance(piece.output, context.tokenizer)
+            else:
+                baco = {"source": piece.source}
+            choice = stream_choice(reply, index, piece.text, piece.finish_reason, baco=baco)
+            yield sse(chunk(reply, [choice], include_usage=include_usage))
+        usage = Usage(sum(prompt_tokens.values()), sum(o.num_tokens for o in outputs))
+        context.metrics.finished(outputs, usage.prompt_tokens)
+        if include_usage:
+            yield sse(chunk(reply, [], include_usage=True, usage=usage))
+        yield SSE_DONE
+    except EngineOverloaded as exc:  # the queue filled between our check and the submission
+        yield sse(overloaded(exc, context.retry_after_s).body())
+    except DecodingCancelled:  # the engine is shutting down
+        yield sse(error_body("the request was cancelled", type="server_error", code="cancelled"))
+    except Exception:
+        logger.exception("a stream failed mid-way")
+        yield sse(error_body("decoding failed", type="server_error", code="internal_error"))
+    finally:
+        await pieces.aclose()  # type: ignore[attr-defined]
+
+
+async def merged(streams: Sequence[AsyncIterator[BacoChunk]]) -> AsyncIterator[Piece]:
+    """The chunks of several prompts' streams as they come, each with its prompt's index.
+
+    Closing this generator (or a failing stream) closes every stream, which takes their calls
+    out of the engine's batch.
+    """
+    if len(streams) == 1:
+        async for piece in streams[0]:
+            yield 0, piece
+        return
+    queue: asyncio.Queue[tuple[int, BacoChunk | BaseException | None]] = asyncio.Queue()
+
+    async def pump(index: int, stream: AsyncIterator[BacoChunk]) -> None:
+        try:
+            async for piece in stream:
+                queue.put_nowait((index, piece))
+            queue.put_nowait((index, None))
+        except Exception as exc:
+            queue.put_nowait((index, exc))
+
+    tasks = [asyncio.create_task(pump(i, s)) for i, s in enumerate(streams)]
+    try:
+        running = len(tasks)
+        while running:
+            index, item = await queue.get()
+            if item is None:
+                running -= 1
+            elif isinstance(item, BaseException):
+                raise item
+            else:
+                yield index, item
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
