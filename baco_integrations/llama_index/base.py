@@ -9,9 +9,9 @@ outputs into ``CompletionResponse``/``ChatResponse`` objects.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Generator, Iterator, Mapping, Sequence
 from contextlib import aclosing, closing
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from llama_index.core.base.llms.types import (
     CachePoint,
@@ -30,13 +30,24 @@ from llama_index.core.base.llms.types import (
 from llama_index.core.constants import DEFAULT_CONTEXT_WINDOW
 from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_callback
 from llama_index.core.llms.custom import CustomLLM
-from pydantic import ConfigDict
+from llama_index.core.prompts import PromptTemplate
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from .._adapter import EngineSettings, check_streamable
 from ..config import GenerationSettings, Source
+from ..constraints import Constraint
 from ..conversation import ROLE_ALIASES, Role, canonical_role, merge_turns
 from ..outputs import BacoChunk, BacoOutput, Usage, base_fraction
 from ..prompts import Prompt
+
+if TYPE_CHECKING:
+    from llama_index.core.llms.structured_llm import StructuredLLM
+
+Model = TypeVar("Model", bound=BaseModel)
+
+#: The start of the error LlamaIndex's PydanticOutputParser raises for text with no JSON
+#: object in it (llama_index.core.output_parsers.utils.extract_json_str).
+_NO_JSON = "Could not extract json string"
 
 #: Blocks that carry nothing the models should read: a caching hint, and the reasoning of a
 #: past assistant turn (chat templates drop it from the history too).
@@ -161,6 +172,12 @@ class BacoLLM(EngineSettings, CustomLLM):
 
     ``messages_to_prompt`` is not used: :meth:`chat` hands the conversation itself to the
     engine, which renders it for each model.
+
+    Structured output: :meth:`structured_predict` (and its async and streaming forms) and
+    :meth:`as_structured_llm` decode under ``output_cls``'s JSON schema (``constraint=``), so
+    the reply is valid JSON for it by construction instead of free text that may not parse.
+    Any call also takes ``constraint=`` (``llm.complete(prompt, constraint=Idea, n=8)`` gives
+    8 samples, each valid JSON for ``Idea``, in ``additional_kwargs["samples"]``).
     """
 
     model_config = ConfigDict(
@@ -364,3 +381,96 @@ class BacoLLM(EngineSettings, CustomLLM):
     ) -> ChatResponseAsyncGen:
         """Async :meth:`stream_chat`; errors raise here, at the call."""
         return self._astream_chat(messages, kwargs)
+
+    # ----------------------------------------------------------------- structured output
+
+    def _structured_kwargs(
+        self, output_cls: type[BaseModel], llm_kwargs: Mapping[str, Any] | None
+    ) -> dict[str, Any]:
+        """``llm_kwargs`` with ``constraint=output_cls`` (unless one is given), checked now."""
+        kwargs = dict(llm_kwargs or {})
+        kwargs.setdefault("constraint", output_cls)
+        settings = self._call_settings(kwargs)  # a bad schema or setting raises here
+        if settings.n != 1:
+            name = getattr(output_cls, "__name__", "object")
+            raise ValueError(
+                f"structured_predict returns one {name}, but n={settings.n}; for n structured "
+                f"samples call complete(prompt, constraint={name}, n={settings.n}) and "
+                f"validate each of response.additional_kwargs['samples'] (every sample that "
+                "finished is valid JSON for the schema)"
+            )
+        return kwargs
+
+    def _cut_reply(
+        self, exc: Exception, output_cls: type[BaseModel], kwargs: Mapping[str, Any]
+    ) -> Exception:
+        """What a reply decoded under the schema that failed to parse means, or ``exc`` itself
+        when the error is not the parser's."""
+        if not (isinstance(exc, ValidationError) or str(exc).startswith(_NO_JSON)):
+            return exc
+        budget = self._call_settings(kwargs).max_new_tokens
+        return ValueError(
+            f"the reply could not be parsed as {output_cls.__name__}: decoding under its schema "
+            "makes every finished reply valid, so this one was cut before its JSON was "
+            f"complete: it reached max_new_tokens={budget} (raise it) or a stop string ended "
+            f"it. {exc}"
+        )
+
+    def structured_predict(
+        self,
+        output_cls: type[Model],
+        prompt: PromptTemplate,
+        llm_kwargs: dict[str, Any] | None = None,
+        **prompt_args: Any,
+    ) -> Model:
+        """LlamaIndex's ``structured_predict``, with the reply decoded under ``output_cls``'s
+        JSON schema (``llm_kwargs`` are per-call settings; a ``constraint`` there wins)."""
+        kwargs = self._structured_kwargs(output_cls, llm_kwargs)
+        try:
+            return super().structured_predict(output_cls, prompt, llm_kwargs=kwargs, **prompt_args)
+        except ValueError as exc:
+            raise self._cut_reply(exc, output_cls, kwargs) from exc
+
+    async def astructured_predict(
+        self,
+        output_cls: type[Model],
+        prompt: PromptTemplate,
+        llm_kwargs: dict[str, Any] | None = None,
+        **prompt_args: Any,
+    ) -> Model:
+        """Async :meth:`structured_predict` (the engine's own async call)."""
+        kwargs = self._structured_kwargs(output_cls, llm_kwargs)
+        try:
+            return await super().astructured_predict(
+                output_cls, prompt, llm_kwargs=kwargs, **prompt_args
+            )
+        except ValueError as exc:
+            raise self._cut_reply(exc, output_cls, kwargs) from exc
+
+    def _structured_stream_call(
+        self,
+        output_cls: type[Model],
+        prompt: PromptTemplate,
+        llm_kwargs: dict[str, Any] | None = None,
+        **prompt_args: Any,
+    ) -> Generator[Any, None, None]:
+        # What stream_structured_predict streams: partial objects of the constrained reply.
+        kwargs = self._structured_kwargs(output_cls, llm_kwargs)
+        return super()._structured_stream_call(output_cls, prompt, kwargs, **prompt_args)
+
+    async def _structured_astream_call(
+        self,
+        output_cls: type[Model],
+        prompt: PromptTemplate,
+        llm_kwargs: dict[str, Any] | None = None,
+        **prompt_args: Any,
+    ) -> AsyncGenerator[Any, None]:
+        kwargs = self._structured_kwargs(output_cls, llm_kwargs)
+        return await super()._structured_astream_call(output_cls, prompt, kwargs, **prompt_args)
+
+    def as_structured_llm(self, output_cls: type[BaseModel], **kwargs: Any) -> StructuredLLM:
+        """LlamaIndex's StructuredLLM around this LLM: its chat/complete calls go through
+        :meth:`structured_predict`, so every reply is decoded under ``output_cls``'s schema.
+        The schema is checked now."""
+        Constraint.from_schema(output_cls)  # a bad schema raises ValueError here
+        return super().as_structured_llm(output_cls, **kwargs)
