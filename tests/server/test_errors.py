@@ -63,7 +63,22 @@ def error_of(answer: httpx.Response, status: int) -> dict[str, Any]:
         ({"logprobs": True}, "logprobs", "does not record token probabilities"),
         ({"top_logprobs": 2}, "top_logprobs", "does not record token probabilities"),
         ({"tools": [{"type": "function"}]}, "tools", "no tool calling"),
-        ({"response_format": {"type": "json_object"}}, "response_format", "not supported"),
+        ({"response_format": {"type": "xml"}}, "response_format.type", "not supported"),
+        (
+            {"response_format": {"type": "json_schema", "json_schema": {"name": "x"}}},
+            "response_format.json_schema.schema",
+            "must be a JSON schema",
+        ),
+        (
+            {"response_format": {"type": "json_schema", "json_schema": {"schema": {"type": 5}}}},
+            "response_format",
+            "constraint",
+        ),
+        (
+            {"response_format": {"type": "json_object"}, "constraint": {"regex": "a+"}},
+            "constraint",
+            "give one",
+        ),
         ({"presence_penalty": 0.5}, "presence_penalty", "no penalties"),
     ],
 )

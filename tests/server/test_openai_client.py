@@ -5,11 +5,12 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 import openai
 import pytest
+from pydantic import BaseModel
 
 from baco_integrations import BacoEngine
 from baco_integrations.server.testing import LiveServer
@@ -119,6 +120,25 @@ def test_baco_settings_ride_as_extra_fields(client: openai.OpenAI) -> None:
         model=MODEL, messages=HELLO, seed=0, extra_body={"router": "P-PUNC", "gamma": 0.3}
     )
     check_provenance(reply.choices[0].message.content or "", baco(reply.choices[0]))
+
+
+class Answer(BaseModel):
+    ok: bool
+    colour: Literal["red", "green", "blue"]
+
+
+def test_response_format_json_schema(client: openai.OpenAI) -> None:
+    """Samples are decoded under the schema: every one parses, whichever model wrote it."""
+    reply = client.chat.completions.parse(
+        model=MODEL, messages=HELLO, response_format=Answer, n=4, seed=0, max_tokens=64
+    )
+    for choice in reply.choices:
+        assert isinstance(choice.message.parsed, Answer), choice.message.content
+        check_provenance(choice.message.content or "", baco(choice))
+    regex = client.chat.completions.create(
+        model=MODEL, messages=HELLO, seed=0, extra_body={"constraint": {"regex": "(yes|no)!"}}
+    )
+    assert regex.choices[0].message.content in {"yes!", "no!"}
 
 
 def stream_chat(client: openai.OpenAI, **kwargs: Any) -> list[Any]:
