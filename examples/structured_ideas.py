@@ -81,8 +81,8 @@ def load_engine(args: argparse.Namespace, scratch: str) -> BacoEngine:
     if args.tiny:
         from baco_integrations.testing import make_tiny_pair
 
-        pair = make_tiny_pair(scratch)
-        return BacoEngine.from_pretrained(pair.base_dir, pair.aligned_dir)
+        tiny = make_tiny_pair(scratch)
+        return BacoEngine.from_pretrained(tiny.base_dir, tiny.aligned_dir)
     if args.base:
         return BacoEngine.from_pretrained(args.base, args.aligned, device=args.device)
     from baco_integrations.offline import converted_pair

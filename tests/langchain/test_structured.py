@@ -14,6 +14,7 @@ import pytest
 from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.exceptions import OutputParserException
 from langchain_core.messages import AIMessage, HumanMessage
+from langchain_core.output_parsers import PydanticOutputParser
 from langchain_core.prompts import ChatPromptTemplate
 from pydantic import BaseModel, Field, TypeAdapter
 from typing_extensions import TypedDict  # pydantic validates these on Python < 3.12
@@ -253,6 +254,8 @@ def test_constraint_per_call_in_llm(engine: BacoEngine) -> None:
     llm = BacoLLM(engine=engine, max_new_tokens=120, seed=0)
     Idea.model_validate_json(llm.invoke(PROMPT, constraint=Idea))
     Idea.model_validate_json(llm.bind(constraint=Idea).invoke(PROMPT))
+    chain = llm.bind(constraint=Idea) | PydanticOutputParser(pydantic_object=Idea)
+    assert isinstance(chain.invoke(PROMPT), Idea)
     result = llm.generate([PROMPT, "Another idea."], constraint=Idea, n=2)
     for generations in result.generations:
         assert len(generations) == 2
