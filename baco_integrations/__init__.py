@@ -12,6 +12,7 @@ from .config import (
     GenerationSettings,
     RouterConfig,
 )
+from .constraints import Constraint
 from .decoding.scheduler import EngineOverloaded
 from .engine import BacoEngine, DecodeStats, DecodingCancelled
 from .limits import EngineLimits
@@ -32,6 +33,7 @@ __all__ = [
     "BacoChunk",
     "BacoEngine",
     "BacoOutput",
+    "Constraint",
     "DecodeStats",
     "DecodingCancelled",
     "EngineLimits",

@@ -10,6 +10,7 @@ inputs and the drawn tokens alike.
 
 from __future__ import annotations
 
+import warnings
 import weakref
 from collections.abc import Sequence
 from typing import Any
@@ -64,21 +65,43 @@ class SampleMatchers:
             for s in sources
         }
         self.consumed: dict[tuple[int, int], list[int]] = {key: [] for key in self.matchers}
+        #: Per key, how many matcher tokens each consumed view token became (see _spelled).
+        self.spent: dict[tuple[int, int], list[int]] = {key: [] for key in self.matchers}
+        self._spellings: dict[tuple[int, int], list[int]] = {}
 
     def _key(self, sample: SampleRecord, source: int) -> tuple[int, int]:
         return id(sample), ALIGNED if self.shared else source
 
+    def _spelled(self, source: int, token: int) -> list[int]:
+        """The matcher tokens for one of the model's tokens. llguidance reads every added
+        token as special, but some are text (Gemma's ``<h2>``): those are spelled out."""
+        key = (source, token)
+        if key not in self._spellings:
+            tokenizer = self.tokenizers[source]
+            member = self.pair.members[source]
+            if tokenizer.is_special_token(token) and token not in member.eos_ids:
+                # One character at a time, so that the text cannot become the same added
+                # token again.
+                text = member.tokenizer.decode([token], skip_special_tokens=False)
+                self._spellings[key] = [t for c in text for t in tokenizer.tokenize_str(c)]
+            else:
+                self._spellings[key] = [token]
+        return self._spellings[key]
+
     def _follow(self, key: tuple[int, int], view: Sequence[int]) -> Any:
         """Bring the matcher to ``view``: roll back to the common prefix, consume the rest."""
-        matcher, consumed = self.matchers[key], self.consumed[key]
+        matcher, consumed, spent = self.matchers[key], self.consumed[key], self.spent[key]
         common = _common_prefix(consumed, view)
         if common < len(consumed):
-            matcher.rollback(len(consumed) - common)
-            del consumed[common:]
-        if common < len(view):
-            rest = list(view[common:])
-            matcher.consume_tokens(rest)
-            consumed.extend(rest)
+            matcher.rollback(sum(spent[common:]))
+            del consumed[common:], spent[common:]
+        for token in view[common:]:
+            spelled = self._spelled(key[1], token)
+            matcher.consume_tokens(spelled)
+            consumed.append(token)
+            spent.append(len(spelled))
+        if matcher.is_error():
+            warnings.warn(f"a grammar matcher failed: {matcher.get_error()}", stacklevel=2)
         return matcher
 
     def apply(
