@@ -36,7 +36,7 @@ class LiveServer:
         self.socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.socket.bind(("127.0.0.1", 0))
         self.port: int = self.socket.getsockname()[1]
-        options = {"log_level": "warning", "http": "h11", **uvicorn_options}
+        options = {"log_level": "warning", **uvicorn_options}
         self.server = uvicorn.Server(uvicorn_config(self.app, config, **options))
         self.thread = threading.Thread(
             target=self.server.run, kwargs={"sockets": [self.socket]}, name="baco-test-server"
