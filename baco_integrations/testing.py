@@ -571,7 +571,6 @@ def make_tiny_pair(
     return TinyPair(base_dir=base_dir, aligned_dir=aligned_dir)
 
 
-
 def make_bench_pair(directory: str | os.PathLike[str]) -> TinyPair:
     """The benchmarks' local pair: ~30M parameters per model (8,000 tokens, 512 wide, 6
     layers), wide enough that the forward pass, not Python, dominates a step."""
@@ -582,6 +581,7 @@ def make_bench_pair(directory: str | os.PathLike[str]) -> TinyPair:
         num_layers=6,
         max_position_embeddings=1024,
     )
+
 
 #: Upper bound of every wait on something that must happen in a test, so that a bug fails the
 #: test rather than hanging it. Passing runs never reach it.
