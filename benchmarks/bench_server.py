@@ -5,8 +5,9 @@ A bounded run on 127.0.0.1: the server runs in a child process (as ``baco serve`
 in all, each its own prompt, then the run stops. It reports:
 
 * generated tokens per second through the server against the same prompts with the same
-  settings in-process: in one ``engine.generate`` batch (target: at least 0.8x), and in
-  consecutive batches of ``--clients`` prompts (the widest batch the clients can make);
+  settings in-process: in one ``engine.generate`` batch (target: at least 0.8x), in
+  consecutive batches of ``--clients`` prompts (the widest batch the clients can make), and
+  as ``--clients`` concurrent ``engine.astream`` callers (continuous batching, no HTTP);
 * time to first token and end-to-end latency per request, p50 and p99;
 * the error count (target: zero), over every run.
 
@@ -188,21 +189,46 @@ def listening_port(ports: Any, child: Any) -> int:
 
 
 def in_process(args: argparse.Namespace) -> dict[str, tuple[int, float]]:
-    """The same prompts in-process: in one ``engine.generate`` batch, and in consecutive
-    batches of ``args.clients`` prompts (as wide as the server's batch can be); generated
-    tokens and seconds of each."""
+    """The same prompts in-process, generated tokens and seconds: in one ``engine.generate``
+    batch; in consecutive batches of ``args.clients`` prompts (as wide as the clients can
+    make the server's batch); and as ``args.clients`` concurrent ``engine.astream`` callers
+    sharing the requests (the engine's continuous batching without HTTP)."""
     engine = load(args)
     engine.generate("warm up", max_new_tokens=4)
     batch = prompts(args.requests)
+
+    def batches(width: int) -> int:
+        tokens = 0
+        for i in range(0, len(batch), width):
+            chunk = batch[i : i + width]
+            outputs = engine.generate(chunk, max_new_tokens=args.max_tokens, **SETTINGS)
+            tokens += sum(o.num_tokens for row in outputs for o in row)
+        return tokens
+
+    async def streaming_callers() -> int:
+        queue = list(reversed(batch))
+
+        async def caller() -> int:
+            tokens = 0
+            while queue:
+                stream = engine.astream(queue.pop(), max_new_tokens=args.max_tokens, **SETTINGS)
+                async for chunk in stream:
+                    tokens += chunk.output.num_tokens if chunk.output is not None else 0
+            return tokens
+
+        return sum(await asyncio.gather(*(caller() for _ in range(args.clients))))
+
+    ways = {
+        "one_batch": lambda: batches(len(batch)),
+        "client_wide_batches": lambda: batches(args.clients),
+        "concurrent_streams": lambda: asyncio.run(streaming_callers()),
+    }
     timings = {}
-    for name, width in (("one_batch", len(batch)), ("client_wide_batches", args.clients)):
+    for name, run in ways.items():
         runs = []
         for _ in range(args.repeats):
-            start, tokens = time.perf_counter(), 0
-            for i in range(0, len(batch), width):
-                chunk = batch[i : i + width]
-                outputs = engine.generate(chunk, max_new_tokens=args.max_tokens, **SETTINGS)
-                tokens += sum(o.num_tokens for row in outputs for o in row)
+            start = time.perf_counter()
+            tokens = run()
             runs.append((tokens, time.perf_counter() - start))
         timings[name] = median_run(runs)
     engine.scheduler.shutdown()
@@ -255,6 +281,9 @@ def report(
         "ratio_client_wide": round(
             server_rate * local["client_wide_batches"][1] / local["client_wide_batches"][0], 3
         ),
+        "ratio_concurrent_streams": round(
+            server_rate * local["concurrent_streams"][1] / local["concurrent_streams"][0], 3
+        ),
         "ttft_s": {
             "p50": round(percentile(served.ttft, 50), 3),
             "p99": round(percentile(served.ttft, 99), 3),
@@ -279,10 +308,15 @@ def markdown(r: dict) -> str:
             "|---|---:|---:|---:|",
             row(f"in-process, one batch of {r['requests']} prompts", "one_batch"),
             row(f"in-process, batches of {r['clients']} prompts", "client_wide_batches"),
+            row(
+                f"in-process, {r['clients']} concurrent engine.astream callers",
+                "concurrent_streams",
+            ),
             row(f"server, {r['clients']} streaming clients", "server"),
             "",
             f"Server / in-process: **{r['ratio_one_batch']:.2f}x** one batch, "
-            f"**{r['ratio_client_wide']:.2f}x** batches of {r['clients']}. Time to first token "
+            f"**{r['ratio_client_wide']:.2f}x** batches of {r['clients']}, "
+            f"**{r['ratio_concurrent_streams']:.2f}x** concurrent callers. Time to first token "
             f"p50 {r['ttft_s']['p50']} s, p99 {r['ttft_s']['p99']} s; end-to-end p50 "
             f"{r['latency_s']['p50']} s, p99 {r['latency_s']['p99']} s. "
             f"{r['completed']}/{r['requests']} requests completed, {r['errors']} errors.",

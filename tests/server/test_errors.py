@@ -10,6 +10,7 @@ from typing import Any
 import httpx
 import openai
 import pytest
+from openai.types.chat import ChatCompletionMessageParam
 
 from baco_integrations import BacoEngine, EngineLimits
 from baco_integrations.server import ServerConfig
@@ -17,7 +18,7 @@ from baco_integrations.server.testing import LiveServer, running_server
 from baco_integrations.testing import HANG_GUARD_S, DecodingGate, TinyPair
 
 MODEL = "baco-tiny"
-HELLO = [{"role": "user", "content": "Hello"}]
+HELLO: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Hello"}]
 
 
 def chat(http: httpx.Client, **fields: Any) -> httpx.Response:

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 from llama_index.core.base.llms.types import ChatMessage, MessageRole
-from llama_index.llms.openai_like import OpenAILike
+from llama_index.llms.openai_like import OpenAILike  # type: ignore[import-untyped]
 
 from baco_integrations.server.testing import LiveServer
 from baco_integrations.testing import HANG_GUARD_S

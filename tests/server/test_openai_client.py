@@ -10,6 +10,7 @@ from typing import Any, Literal
 import httpx
 import openai
 import pytest
+from openai.types.chat import ChatCompletionMessageParam
 from pydantic import BaseModel
 
 from baco_integrations import BacoEngine
@@ -17,7 +18,8 @@ from baco_integrations.server.testing import LiveServer
 from baco_integrations.testing import HANG_GUARD_S
 
 MODEL = "baco-tiny"
-HELLO = [{"role": "user", "content": "Hello, name a colour."}]
+QUESTION = "Hello, name a colour."
+HELLO: list[ChatCompletionMessageParam] = [{"role": "user", "content": QUESTION}]
 
 
 @pytest.fixture
@@ -53,7 +55,8 @@ def test_chat_completion(client: openai.OpenAI, engine: BacoEngine) -> None:
     check_provenance(choice.message.content, baco(choice))
     usage = reply.usage
     assert usage is not None
-    assert usage.prompt_tokens == len(engine.encode_prompts(HELLO)["aligned"])
+    prompt = engine.encode_prompts([{"role": "user", "content": QUESTION}])
+    assert usage.prompt_tokens == len(prompt["aligned"])
     assert usage.total_tokens == usage.prompt_tokens + usage.completion_tokens
     if choice.finish_reason == "length":
         assert usage.completion_tokens == 6
@@ -76,8 +79,9 @@ def test_n_choices_and_seed(client: openai.OpenAI) -> None:
 
 def test_max_tokens_and_max_completion_tokens(client: openai.OpenAI) -> None:
     for field in ("max_tokens", "max_completion_tokens"):
+        limit: dict[str, Any] = {field: 3}
         reply = client.chat.completions.create(
-            model=MODEL, messages=HELLO, seed=5, temperature=0, **{field: 3}
+            model=MODEL, messages=HELLO, seed=5, temperature=0, **limit
         )
         assert reply.usage is not None and reply.usage.completion_tokens <= 3
         if reply.choices[0].finish_reason == "length":
