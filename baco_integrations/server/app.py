@@ -105,7 +105,9 @@ def overloaded_now(service: Service, waiting: int) -> APIError:
 
 def engine_error(exc: ValueError, call: Call) -> APIError:
     """An engine's refusal (a ValueError naming a setting or the prompt) as a 400."""
-    return bad_request(str(exc), param_of(str(exc), call.prompt_param, call.wire))
+    message = str(exc)
+    code = "context_length_exceeded" if "context window" in message else "invalid_value"
+    return bad_request(message, param_of(message, call.prompt_param, call.wire), code)
 
 
 # ------------------------------------------------------------------------- the app

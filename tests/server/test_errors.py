@@ -151,6 +151,13 @@ def test_prompt_too_long(engine: BacoEngine, test_config: ServerConfig) -> None:
         answer = http.post("/v1/completions", json={"model": MODEL, "prompt": "word " * 40})
         assert error_of(answer, 400)["param"] == "prompt"
         assert chat(http).status_code == 200  # a short prompt is fine
+    # Past the models' own window (512 tokens for the tiny pair), whatever the server allows.
+    roomy = test_config.updated(max_prompt_tokens=100_000)
+    with running_server(engine, roomy) as server, httpx.Client(base_url=server.url) as http:
+        huge = [{"role": "user", "content": "word " * 600}]
+        error = error_of(chat(http, messages=huge), 400)
+        assert error["param"] == "messages" and error["code"] == "context_length_exceeded"
+        assert "context window" in error["message"]
 
 
 def test_unknown_model_and_route(http: httpx.Client) -> None:

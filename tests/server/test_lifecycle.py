@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import httpx
+import openai
 import pytest
 
 from baco_integrations import BacoEngine
@@ -109,6 +110,50 @@ def test_disconnected_request_frees_its_rows(
     gate.go.set()
     assert engine.scheduler.wait_idle(HANG_GUARD_S)
     assert engine.scheduler.live_rows == 0
+
+
+class BrokenRouter:
+    """A router that fails at its first call: decoding breaks after the response started."""
+
+    needs: frozenset[str] = frozenset()
+
+    def __call__(self, inputs: Any) -> Any:
+        raise RuntimeError("this router is broken")
+
+
+def test_a_stream_that_fails_midway_ends_with_an_error_event(
+    server: LiveServer, engine: BacoEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    prepare = engine.prepare
+    monkeypatch.setattr(
+        engine,
+        "prepare",
+        lambda p, s, streaming=False: prepare(p, s.updated(router=BrokenRouter()), streaming),
+    )
+    with (
+        httpx.Client(timeout=HANG_GUARD_S) as http,
+        http.stream(
+            "POST", f"{server.base_url}/chat/completions", json={**LONG, "stream": True}
+        ) as response,
+    ):
+        assert response.status_code == 200  # the stream had started
+        events = [line for line in response.iter_lines() if line]
+    assert '"role":"assistant"' in events[0]
+    error = json.loads(events[-1].removeprefix("data: "))["error"]
+    assert error["type"] == "server_error" and error["code"] == "internal_error"
+    assert "data: [DONE]" not in events
+    with (
+        openai.OpenAI(base_url=server.base_url, api_key="k", max_retries=0) as client,
+        pytest.raises(openai.APIError),
+    ):
+        for _ in client.chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": "Go on."}], stream=True
+        ):
+            pass
+    whole = httpx.post(f"{server.base_url}/chat/completions", json=LONG, timeout=HANG_GUARD_S)
+    assert whole.status_code == 500
+    assert whole.json()["error"]["code"] == "internal_error"
+    assert engine.scheduler.wait_idle(HANG_GUARD_S)
 
 
 def refuses_connections(port: int) -> bool:
