@@ -76,8 +76,12 @@ class Service:
                 f"({scheduler.max_live_rows}; EngineLimits.max_live_rows); lower n",
                 "n",
             )
+        # A stream is submitted once its response has started; checked here, a full queue is
+        # a 503 rather than an error event (a race past this check still gets the event).
         if scheduler.waiting + len(call.prompts) > scheduler.max_waiting:
             raise overloaded_now(self, scheduler.waiting)
+        # EngineLimits caps characters, not tokens: the server counts them (the engine then
+        # tokenizes each prompt again when it prepares the call).
         for prompt in call.prompts:
             try:
                 ids = self.engine.encode_prompts(
