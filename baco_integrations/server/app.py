@@ -28,6 +28,7 @@ from .config import ServerConfig
 from .errors import APIError, bad_request, install_handlers, overloaded, param_of
 from .metrics import Metrics, MetricsMiddleware
 from .middleware import Guard
+from .playground import router as playground
 from .protocol import Call, ChatCompletionRequest, CompletionRequest, chat_call, completion_call
 from .responses import Reply, response
 from .streaming import StreamContext, events, merged
@@ -139,6 +140,7 @@ def create_app(engine: BacoEngine, config: ServerConfig | None = None) -> FastAP
         )
     app.add_middleware(MetricsMiddleware, metrics=service.metrics)
     _add_routes(app, service)
+    app.include_router(playground)  # the page at / (docs/playground.md)
     return app
 
 
