@@ -136,6 +136,15 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
     p.add_argument("--max-live-rows", type=int, help="rows decoded at once (EngineLimits)")
     p.add_argument("--max-waiting", type=int, help="calls queued before 503s (EngineLimits)")
+    p.add_argument(
+        "--ray",
+        action="store_true",
+        help="serve as a Ray Serve deployment (needs the ray extra; docs/scaling.md)",
+    )
+    p.add_argument("--replicas", type=int, default=1, help="with --ray: replicas (default: 1)")
+    p.add_argument(
+        "--ray-address", help="with --ray: join this cluster (default: start a local one)"
+    )
     p.set_defaults(func=_cmd_serve)
 
 
@@ -299,7 +308,17 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
+    if not args.ray and (args.replicas != 1 or args.ray_address is not None):
+        print("baco: error: --replicas and --ray-address need --ray", file=sys.stderr)
+        return EXIT_USAGE
+    if args.replicas < 1:
+        print("baco: error: --replicas must be at least 1", file=sys.stderr)
+        return EXIT_USAGE
     try:
+        if args.ray:
+            from .server.ray_app import serve_with_ray
+
+            return serve_with_ray(args)
         from .server.run import serve_command
     except ImportError as exc:
         print(f"baco: error: {exc}", file=sys.stderr)

@@ -16,6 +16,7 @@ Each measurement runs ``--repeats`` times; the run of median throughput is repor
     python benchmarks/bench_server.py                        # ~30M-parameter local pair, CPU
     python benchmarks/bench_server.py --offline              # the offline real pair
     python benchmarks/bench_server.py --base ID --aligned ID --device cuda
+    python benchmarks/bench_server.py --ray --replicas 2     # on Ray Serve (docs/scaling.md)
 """
 
 from __future__ import annotations
@@ -71,6 +72,38 @@ def serve(args: argparse.Namespace, ports: Any) -> None:
     ports.close()
     settings = uvicorn_config(create_app(engine, config), config, log_level="warning")
     uvicorn.Server(settings).run(sockets=[listener])
+
+
+def serve_ray(args: argparse.Namespace, ports: Any) -> None:
+    """The child process with ``--ray``: a local Ray cluster on 127.0.0.1 serving
+    ``--replicas`` replicas (``--threads`` CPUs shared among them), until SIGTERM."""
+    import signal
+    import threading
+
+    from baco_integrations.server.ray_app import RayServeArgs, start, stop
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    spec = RayServeArgs(
+        base=args.base,
+        aligned=args.aligned,
+        device=args.device,
+        dtype=args.dtype,
+        server={"model_name": MODEL, "max_tokens": args.max_tokens,
+                "default_max_tokens": args.max_tokens, "max_n": 1},
+        num_replicas=args.replicas,
+        num_cpus=max(1.0, args.threads / args.replicas),
+    )  # fmt: skip
+    started = start(spec, "127.0.0.1", port)
+    stopping = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stopping.set())
+    ports.send(port)
+    ports.close()
+    try:
+        stopping.wait()
+    finally:
+        stop(started)
 
 
 @dataclass
@@ -149,7 +182,8 @@ async def load_test(port: int, args: argparse.Namespace) -> tuple[Tally, float]:
 def through_server(args: argparse.Namespace) -> tuple[Tally, float]:
     context = multiprocessing.get_context("spawn")
     ports, child_end = context.Pipe(duplex=False)
-    child = context.Process(target=serve, args=(args, child_end), name="bench-server")
+    target = serve_ray if args.ray else serve
+    child = context.Process(target=target, args=(args, child_end), name="bench-server")
     child.start()
     child_end.close()
     try:
@@ -160,7 +194,7 @@ def through_server(args: argparse.Namespace) -> tuple[Tally, float]:
         return tally, wall
     finally:
         child.terminate()  # SIGTERM: uvicorn shuts down gracefully
-        child.join(60)
+        child.join(120)
         if child.is_alive():
             child.kill()
             child.join()
@@ -270,6 +304,7 @@ def report(
     return {
         "device": args.device,
         "torch_threads": args.threads,
+        "ray_replicas": args.replicas if args.ray else None,
         "base": args.base,
         "aligned": args.aligned,
         "clients": args.clients,
@@ -299,6 +334,8 @@ def report(
 
 
 def markdown(r: dict) -> str:
+    on_ray = f" on Ray ({r['ray_replicas']} replicas)" if r.get("ray_replicas") else ""
+
     def row(label: str, key: str) -> str:
         return f"| {label} | {r[key]['tokens']} | {r[key]['seconds']} | {r[key]['tokens_per_s']} |"
 
@@ -312,7 +349,7 @@ def markdown(r: dict) -> str:
                 f"in-process, {r['clients']} concurrent engine.astream callers",
                 "concurrent_streams",
             ),
-            row(f"server, {r['clients']} streaming clients", "server"),
+            row(f"server{on_ray}, {r['clients']} streaming clients", "server"),
             "",
             f"Server / in-process: **{r['ratio_one_batch']:.2f}x** one batch, "
             f"**{r['ratio_client_wide']:.2f}x** batches of {r['clients']}, "
@@ -337,6 +374,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=3, help="runs of each; the median")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--out", type=Path, help="also write server.json and server.md here")
+    parser.add_argument("--ray", action="store_true", help="serve on Ray Serve (the ray extra)")
+    parser.add_argument("--replicas", type=int, default=1, help="with --ray: replicas")
     args = parser.parse_args(argv)
     if args.offline:
         from baco_integrations.offline import converted_pair
