@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import threading
 from collections import Counter
 from collections.abc import Iterator
 from typing import Any
@@ -153,3 +154,28 @@ def test_stream_errors_and_key_behave_as_baco_serve(ray_url: str) -> None:
         pytest.raises(openai.AuthenticationError),
     ):
         client.models.list()
+
+
+def test_a_dead_replica_is_replaced(ray_url: str) -> None:
+    """Runs last in the module: it kills a replica. Ray starts a new one; meanwhile the
+    openai client (its default retries) is served by the other replica."""
+    (victim, *_) = [
+        actor
+        for actor in ray.util.list_named_actors(all_namespaces=True)
+        if actor["name"].startswith("SERVE_REPLICA::") and "BacoReplica" in actor["name"]
+    ]
+    killed = victim["name"].rsplit("#", 1)[-1]
+    ray.kill(ray.get_actor(victim["name"], namespace=victim["namespace"]), no_restart=True)
+    seen: set[str] = set()
+    pause = threading.Event()
+    with openai.OpenAI(base_url=f"{ray_url}/v1", api_key=KEY, timeout=HANG_GUARD_S) as client:
+        for _ in range(int(4 * HANG_GUARD_S / 0.25)):
+            raw = client.chat.completions.with_raw_response.create(
+                model=MODEL, messages=HELLO, max_tokens=2
+            )
+            assert raw.http_response.status_code == 200
+            seen.add(raw.headers[REPLICA_HEADER])
+            if len(seen - {killed}) == 2:
+                break
+            pause.wait(0.25)
+    assert len(seen - {killed}) == 2, f"no replacement replica served: {seen}"
