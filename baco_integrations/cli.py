@@ -97,6 +97,11 @@ def _add_sweep(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "rerun to continue",
     )
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.add_argument(
+        "--wait",
+        action="store_true",
+        help="if another sweep holds OUTPUT_DIR, wait for it to finish instead of stopping",
+    )
     p.add_argument("--example", action="store_true", help="print an example configuration")
     p.set_defaults(func=_cmd_sweep)
 
@@ -276,6 +281,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
             resume=args.resume,
             max_batches=args.max_batches,
             progress=not args.no_progress,
+            wait_for_lock=args.wait,
         )
     except SweepError as exc:
         print(f"baco: error: {exc}", file=sys.stderr)

@@ -157,6 +157,28 @@ def test_sweep_example_and_errors(tmp_path: Path, capsys: pytest.CaptureFixture[
         main(["generate", "hi"])  # --base / --aligned are required: argparse exits
 
 
+def test_sweep_wait_waits_for_the_lock(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Without --wait a locked output folder stops the sweep at once; with it, the lock is
+    waited for (here: taken, since nobody else holds it)."""
+    from baco_integrations.evaluation import sweep
+
+    seen: list[bool] = []
+
+    def fake_run_sweep(config: object, **kwargs: object) -> object:
+        seen.append(bool(kwargs["wait_for_lock"]))
+        raise sweep.SweepLockedError("held by another sweep")
+
+    monkeypatch.setattr(sweep, "run_sweep", fake_run_sweep)
+    config = tmp_path / "sweep.toml"
+    config.write_text('base = "b"\naligned = "a"\noutput_dir = "o"\n[[methods]]\nrouter = "H"\n')
+    assert main(["sweep", str(config)]) == EXIT_USAGE
+    assert "held by another sweep" in capsys.readouterr().err
+    assert main(["sweep", str(config), "--wait"]) == EXIT_USAGE
+    assert seen == [False, True]
+
+
 # ------------------------------------------------------------ text that is not UTF-8 (issue 13)
 
 
