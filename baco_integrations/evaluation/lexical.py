@@ -25,53 +25,19 @@ No metric ever returns NaN.
 from __future__ import annotations
 
 import gzip
-import re
 from collections.abc import Sequence
 from itertools import combinations
 
 from nltk.translate.bleu_score import SmoothingFunction, sentence_bleu
-from nltk.util import ngrams
 from rouge_score import rouge_scorer
 
-#: Word tokeniser shared by the token-based metrics (see the module docstring).
-TOKEN_PATTERN: re.Pattern[str] = re.compile(r"\w+|[^\w\s]")
+from ..ngrams import check_responses, distinct_n, tokenize
 
 #: BLEU's usual maximum n-gram order (Papineni et al. 2002).
 DEFAULT_BLEU_ORDER = 4
 
 #: The 1-based orders of the distinct-n metrics exported by the registry.
 DISTINCT_ORDERS: tuple[int, ...] = (1, 2, 3)
-
-
-def tokenize(text: str) -> list[str]:
-    """Lowercase ``text`` and split it with :data:`TOKEN_PATTERN`."""
-    return TOKEN_PATTERN.findall(text.lower())
-
-
-def _check_nonempty(responses: Sequence[str]) -> None:
-    if isinstance(responses, str):
-        # A bare string would silently be treated as a list of characters.
-        raise TypeError("responses must be a sequence of strings, not a single string")
-    if len(responses) == 0:
-        raise ValueError("diversity needs at least one response")
-
-
-def distinct_n(responses: Sequence[str], n: int) -> float:
-    """Distinct-n (Li et al. 2016, "A Diversity-Promoting Objective Function for Neural
-    Conversation Models", NAACL).
-
-    ``distinct-n = |unique n-grams| / |n-grams|``, both counted over the pooled n-grams of all
-    responses. N-grams never span two responses. A response shorter than ``n`` tokens
-    contributes none; when no response has an n-gram at all (e.g. all empty) the value is
-    ``0.0``: there is no distinct content.
-    """
-    _check_nonempty(responses)
-    if n < 1:
-        raise ValueError(f"n must be >= 1, got {n}")
-    pooled = [gram for text in responses for gram in ngrams(tokenize(text), n)]
-    if not pooled:
-        return 0.0
-    return len(set(pooled)) / len(pooled)
 
 
 def distinct_1(responses: Sequence[str]) -> float:
@@ -126,7 +92,7 @@ def self_bleu(responses: Sequence[str], max_order: int = DEFAULT_BLEU_ORDER) -> 
     Edge cases: one response -> ``0.0``; an empty hypothesis scores BLEU 1 when some reference
     is also empty, else 0; all responses identical (empty included) -> ``0.0``.
     """
-    _check_nonempty(responses)
+    check_responses(responses)
     if max_order < 1:
         raise ValueError(f"max_order must be >= 1, got {max_order}")
     if len(responses) < 2:
@@ -158,7 +124,7 @@ def self_rouge_l(responses: Sequence[str]) -> float:
     Edge cases: one response -> ``0.0``; two empty responses have F1 = 1 (identical), an empty
     and a non-empty one F1 = 0; identical responses -> ``0.0``.
     """
-    _check_nonempty(responses)
+    check_responses(responses)
     if len(responses) < 2:
         return 0.0
     scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False, tokenizer=_RegexTokenizer())
@@ -189,7 +155,7 @@ def compression_ratio(responses: Sequence[str]) -> float:
     lowercased. When the joined text has no non-whitespace character (all responses empty)
     the value is ``0.0``.
     """
-    _check_nonempty(responses)
+    check_responses(responses)
     joined = " ".join(responses)
     if not joined.strip():
         return 0.0

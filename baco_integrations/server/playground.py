@@ -9,7 +9,6 @@ server has one. The page itself is open (it holds no data; it asks for the key).
 
 from __future__ import annotations
 
-import re
 from itertools import combinations
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ from fastapi import APIRouter
 from fastapi.responses import FileResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from ..ngrams import distinct_n, word_ngrams
 from .errors import APIError
 
 STATIC_DIR = Path(__file__).with_name("static")
@@ -28,7 +28,6 @@ STATIC_FILES = {
 }
 #: Same tokenizer as baco_integrations.evaluation.lexical (kept here so that the server extra
 #: needs no nltk): lowercased words and single punctuation marks.
-_TOKEN = re.compile(r"\w+|[^\w\s]")
 
 router = APIRouter()
 
@@ -38,41 +37,18 @@ class DiversityRequest(BaseModel):
     samples: list[str] = Field(min_length=1, max_length=64)
 
 
-def _tokens(text: str) -> list[str]:
-    return _TOKEN.findall(text.lower())
-
-
-def _bigrams(text: str) -> set[tuple[str, str]]:
-    words = _tokens(text)
-    return set(zip(words, words[1:], strict=False))
-
-
-def distinct(samples: list[str], n: int) -> float:
-    """Unique n-grams over all n-grams, pooled over the samples (0.0 when there are none)."""
-    pooled = []
-    for text in samples:
-        words = _tokens(text)
-        pooled += [tuple(words[i : i + n]) for i in range(len(words) - n + 1)]
-    return len(set(pooled)) / len(pooled) if pooled else 0.0
-
-
 def pairwise_similarity(samples: list[str]) -> float:
     """Mean over pairs of samples of the Jaccard similarity of their word-bigram sets (two
     empty samples are identical: 1.0); 0.0 with a single sample."""
     scores = []
-    for a, b in combinations([_bigrams(s) for s in samples], 2):
+    for a, b in combinations([set(word_ngrams(s, 2)) for s in samples], 2):
         union = a | b
         scores.append(len(a & b) / len(union) if union else 1.0)
     return sum(scores) / len(scores) if scores else 0.0
 
 
 def diversity(samples: list[str]) -> dict[str, Any]:
-    """The playground's figures; distinct-n from :mod:`baco_integrations.evaluation` when its
-    extra is installed (the same numbers as the local fallback)."""
-    try:
-        from ..evaluation.lexical import distinct_n
-    except ImportError:  # the server extra alone: no nltk
-        distinct_n = distinct  # type: ignore[assignment]
+    """The playground's figures, counted as the evaluation suite counts them."""
     return {
         "samples": len(samples),
         "distinct_1": distinct_n(samples, 1),
