@@ -169,5 +169,5 @@ def _settle(sample: SampleRecord, request: Request, delta: str | None) -> None:
     ):
         return
     typed = cast(TokenSample | TextSample, sample)
-    if request.steps >= request.max_steps or typed.num_tokens() >= settings.max_new_tokens:
+    if request.steps >= request.max_steps or typed.reached(settings.max_new_tokens):
         typed.finish("length", limit=settings.max_new_tokens)

@@ -84,8 +84,9 @@ class TokenSample(SampleRecord):
     detokenizer: IncrementalDetokenizer = field(kw_only=True)
     incremental: bool = field(default=True, kw_only=True)
 
-    def num_tokens(self) -> int:
-        return len(self.token_ids)
+    def reached(self, limit: int) -> bool:
+        """Whether the sample holds ``limit`` ids (one per step here)."""
+        return len(self.token_ids) >= limit
 
     def append(self, token_id: int, source: int) -> str:
         self.token_ids.append(token_id)
@@ -160,11 +161,14 @@ class TextSample(SampleRecord):
         self.text += delta
         return delta
 
-    def num_tokens(self) -> int:
-        """Aligned-tokenizer ids of the text so far (what the output reports)."""
-        return len(self.token_ids) + len(
-            encode_text(self.aligned_tokenizer, self.text[self.frozen :])
-        )
+    def reached(self, limit: int) -> bool:
+        """Whether the text so far spells ``limit`` aligned-tokenizer ids (what the output
+        reports). Every id covers at least one byte, so the current word is re-tokenized only
+        when its bytes could take the count to the limit, not at every step."""
+        tail = self.text[self.frozen :]
+        if len(self.token_ids) + len(tail.encode("utf-8")) < limit:
+            return False
+        return len(self.token_ids) + len(encode_text(self.aligned_tokenizer, tail)) >= limit
 
     def _flush_writer(self) -> None:
         if self.detokenizer is not None and (tail := self.detokenizer.flush()):
