@@ -157,17 +157,13 @@ class RunningBatch:
                 start = row
 
 
-def _settle(sample: SampleRecord, request: Request, delta: str | None) -> None:
+def _settle(record: SampleRecord, request: Request, delta: str | None) -> None:
     """After a token was committed: end the sample on EOS, a stop string or its limits."""
+    sample = cast(TokenSample | TextSample, record)
     settings = request.settings
     if delta is None:  # an end-of-sequence token
-        cast(TokenSample | TextSample, sample).finish("stop")
+        sample.finish("stop")
+    elif settings.stop and sample.check_stop(settings.stop, request.longest_stop, delta):
         return
-    stops = settings.stop
-    if stops and cast(TokenSample | TextSample, sample).check_stop(
-        stops, request.longest_stop, delta
-    ):
-        return
-    typed = cast(TokenSample | TextSample, sample)
-    if request.steps >= request.max_steps or typed.reached(settings.max_new_tokens):
-        typed.finish("length", limit=settings.max_new_tokens)
+    elif request.steps >= request.max_steps or sample.reached(settings.max_new_tokens):
+        sample.finish("length", limit=settings.max_new_tokens)
