@@ -45,8 +45,8 @@ class StreamContext:
 async def events(context: StreamContext, pieces: AsyncIterator[Piece]) -> AsyncIterator[str]:
     """The SSE events of one request; closing this generator cancels its decoding."""
     reply, include_usage = context.reply, context.include_usage
-    outputs: list[BacoOutput] = []
-    prompt_tokens: dict[int, int] = {}
+    #: Each prompt is its own engine call here, so usage is added up per call.
+    outputs: dict[int, list[BacoOutput]] = {}
     waiting_first = True
     try:
         if reply.chat:
@@ -59,15 +59,15 @@ async def events(context: StreamContext, pieces: AsyncIterator[Piece]) -> AsyncI
                 context.metrics.first_token.observe(time.perf_counter() - context.started)
             index = prompt_index * context.n + piece.sample_index
             if piece.output is not None:
-                outputs.append(piece.output)
-                prompt_tokens[prompt_index] = piece.output.prompt_tokens
+                outputs.setdefault(prompt_index, []).append(piece.output)
                 baco = provenance(piece.output, context.tokenizer)
             else:
                 baco = {"source": piece.source}
             choice = stream_choice(reply, index, piece.text, piece.finish_reason, baco=baco)
             yield sse(chunk(reply, [choice], include_usage=include_usage))
-        usage = Usage(sum(prompt_tokens.values()), sum(o.num_tokens for o in outputs))
-        context.metrics.finished(outputs, usage.prompt_tokens)
+        usage = sum((Usage.of(call) for call in outputs.values()), Usage())
+        finished = [output for call in outputs.values() for output in call]
+        context.metrics.finished(finished, usage.prompt_tokens)
         if include_usage:
             yield sse(chunk(reply, [], include_usage=True, usage=usage))
         yield SSE_DONE
