@@ -178,8 +178,9 @@ class TextBridge(Bridge):
         self.width = pair.width
         self.writers: list[int] = []
         self.samples: list[TextSample] = []
-        # Looked up per row and token on the host: one copy, not a device read per token.
-        self.continuation = [member.masks.continuation.cpu() for member in pair.members]
+        # Looked up per row and token on the host: a list made once per vocabulary, not a
+        # device read (or a tensor index) per token.
+        self.continuation = [member.masks.continuation.tolist() for member in pair.members]
 
     def _new_state(self, member: PairMember) -> TextModelState:
         return TextModelState(member, self.pair.device)
@@ -238,9 +239,7 @@ class TextBridge(Bridge):
                 deltas.append(None)
                 continue
             state.append(row, token)
-            continues = token < len(self.continuation[source]) and bool(
-                self.continuation[source][token]
-            )
+            continues = token < len(self.continuation[source]) and self.continuation[source][token]
             deltas.append(sample.append(token, starts_word=not continues))
         return deltas
 
