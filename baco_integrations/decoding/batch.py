@@ -76,7 +76,9 @@ class RunningBatch:
     def step(self) -> list[tuple[SampleRecord, Request]]:
         """Decode one token for every row; returns the samples that changed, with their
         requests."""
-        before = self.randomness.snapshot()
+        # Only a custom router can fail a step; keep the generators' states just in case.
+        custom = any(r.custom_router for r in self.requests)
+        before = self.randomness.snapshot() if custom else []
         try:
             tokens, sources = Step(
                 self.pair,
@@ -91,7 +93,8 @@ class RunningBatch:
         except RequestFailed:
             # The step is run again without the failed request: the others must draw the
             # same numbers then as they would have now.
-            self.randomness.restore(before)
+            if custom:
+                self.randomness.restore(before)
             raise
         sources_host = sources.tolist()
         deltas = self.bridge.commit(self.rows, tokens.tolist(), sources_host, self.writers_host)

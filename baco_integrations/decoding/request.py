@@ -80,6 +80,8 @@ class Request:
     def __post_init__(self) -> None:
         settings = self.settings
         self.router = build_router(settings.router_config())
+        #: A user's callable router may raise mid-step; the built-in ones do not.
+        self.custom_router = not isinstance(settings.router_config().strategy, str)
         self.sampler = Sampler(settings.temperature, settings.top_k, settings.top_p, settings.min_p)
         #: The distributions the router reads; lock-step decoding reads both.
         self.needs = router_needs(self.router) if settings.lazy else BOTH
