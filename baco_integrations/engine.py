@@ -22,8 +22,6 @@ from .config import GenerationSettings
 from .decoding import (
     ALIGNED,
     BASE,
-    CACHE_IMPLEMENTATIONS,
-    CacheImplementation,
     DecodeStats,
     DecodingCancelled,
     Pair,
@@ -31,7 +29,8 @@ from .decoding import (
     make_samples,
 )
 from .decoding.grammar import SampleMatchers
-from .decoding.scheduler import Listener, Progress, Scheduler
+from .decoding.pair import pad_id
+from .decoding.scheduler import Listener, Progress, Scheduler, SchedulerLoad
 from .limits import EngineLimits
 from .loading import load_causal_lm
 from .outputs import BacoChunk, BacoOutput
@@ -44,7 +43,12 @@ from .prompts import (
     is_conversation,
     normalize_prompts,
 )
-from .routers import build_router, router_needs
+from .runners import (
+    CACHE_IMPLEMENTATIONS,
+    CacheImplementation,
+    ModelRunner,
+    TransformersRunner,
+)
 
 __all__ = ["BacoEngine", "CacheImplementation", "DecodeStats", "DecodingCancelled"]
 
@@ -88,31 +92,67 @@ class BacoEngine:
         compile: bool = False,
         limits: EngineLimits | None = None,
     ) -> None:
-        if limits is not None and not isinstance(limits, EngineLimits):
-            raise ValueError(f"limits must be an EngineLimits, got {type(limits).__name__}")
-        #: Size caps of one call (samples, rows, prompt characters, max_new_tokens), checked
-        #: before any tokenization or allocation; see :class:`~baco_integrations.limits.
-        #: EngineLimits`.
-        self.limits = limits or EngineLimits()
         aligned_tokenizer = aligned_tokenizer or base_tokenizer
         shares = base_tokenizer.get_vocab() == aligned_tokenizer.get_vocab()
         _check_options(cache_implementation, compile, shares)
         self.cache_implementation: CacheImplementation = cache_implementation
         #: Single-token decoding steps run through ``torch.compile``.
         self.compile = compile
-        #: Both models and what decoding reads about each, computed once.
-        self.pair = Pair.build(base_model, aligned_model, base_tokenizer, aligned_tokenizer)
+        base_runner, aligned_runner = (
+            TransformersRunner(model, pad_id(tokenizer), cache_implementation, compile)
+            for model, tokenizer in (
+                (base_model, base_tokenizer),
+                (aligned_model, aligned_tokenizer),
+            )
+        )
+        pair = Pair.build(base_runner, aligned_runner, base_tokenizer, aligned_tokenizer)
+        self._start(pair, limits)
+
+    def _start(self, pair: Pair, limits: EngineLimits | None) -> None:
+        if limits is not None and not isinstance(limits, EngineLimits):
+            raise ValueError(f"limits must be an EngineLimits, got {type(limits).__name__}")
+        #: Size caps of one call (samples, rows, prompt characters, max_new_tokens), checked
+        #: before any tokenization or allocation; see :class:`~baco_integrations.limits.
+        #: EngineLimits`.
+        self.limits = limits or EngineLimits()
+        #: Both models (their runners) and what decoding reads about each, computed once.
+        self.pair = pair
         #: The one decoding loop that every call of this engine joins.
         self.scheduler = Scheduler(
             self.pair,
-            cache_implementation,
-            compile,
             max_live_rows=self.limits.max_live_rows,
             max_prefill_tokens=self.limits.max_prefill_tokens,
             max_waiting=self.limits.max_waiting,
         )
         #: Work done by the most recent call that finished.
         self.last_stats = DecodeStats()
+
+    @classmethod
+    def from_runners(
+        cls,
+        base: ModelRunner,
+        aligned: ModelRunner,
+        base_tokenizer: PreTrainedTokenizerBase,
+        aligned_tokenizer: PreTrainedTokenizerBase | None = None,
+        *,
+        limits: EngineLimits | None = None,
+    ) -> BacoEngine:
+        """An engine over two runners (:mod:`baco_integrations.runners`), each with the
+        tokenizer whose ids it takes: models that run elsewhere than in this process, or in
+        a way of your own. ``aligned_tokenizer`` defaults to ``base_tokenizer``."""
+        for name, runner in (("base", base), ("aligned", aligned)):
+            if not isinstance(runner, ModelRunner):
+                raise ValueError(
+                    f"{name} must be a ModelRunner (baco_integrations.runners), got "
+                    f"{type(runner).__name__}"
+                )
+        engine = cls.__new__(cls)
+        engine.cache_implementation = "dynamic"
+        engine.compile = False
+        engine._start(
+            Pair.build(base, aligned, base_tokenizer, aligned_tokenizer or base_tokenizer), limits
+        )
+        return engine
 
     @classmethod
     def from_pretrained(
@@ -166,13 +206,24 @@ class BacoEngine:
 
     # ----------------------------------------------------------------- the pair
 
+    def _model(self, source: int) -> PreTrainedModel:
+        runner = self.pair.members[source].runner
+        if not isinstance(runner, TransformersRunner):
+            raise AttributeError(
+                f"the {self.pair.members[source].name} model runs on a "
+                f"{type(runner).__name__}, not as a transformers model in this process"
+            )
+        return runner.model
+
     @property
     def base_model(self) -> PreTrainedModel:
-        return self.pair.base.model
+        """The base transformers model (engines whose models run in this process)."""
+        return self._model(BASE)
 
     @property
     def aligned_model(self) -> PreTrainedModel:
-        return self.pair.aligned.model
+        """The aligned transformers model (engines whose models run in this process)."""
+        return self._model(ALIGNED)
 
     @property
     def base_tokenizer(self) -> PreTrainedTokenizerBase:
@@ -199,9 +250,17 @@ class BacoEngine:
     @property
     def model_names(self) -> dict[str, str]:
         return {
-            member.name: str(getattr(member.model.config, "name_or_path", "") or member.name)
+            member.name: member.runner.facts.name or member.name
             for member in (self.pair.base, self.pair.aligned)
         }
+
+    def load(self) -> SchedulerLoad:
+        """How busy the engine is (live rows, waiting calls, steps run) and its caps."""
+        return self.scheduler.load()
+
+    def shutdown(self, timeout: float | None = 30.0) -> bool:
+        """Cancel every call and wait for the decoding thread to end; True if it did."""
+        return self.scheduler.shutdown(timeout)
 
     # ----------------------------------------------------------------- prompts
 
@@ -357,7 +416,6 @@ class BacoEngine:
         model, the step budget fitted to the context window."""
         batch = normalize_prompts(prompts)
         self.limits.check_call(batch, settings)  # sizes, before tokenizing or allocating
-        router_needs(build_router(settings.router_config()))  # a bad `needs` fails now
         prompt_ids = (
             [
                 aligned_ids(
@@ -375,7 +433,12 @@ class BacoEngine:
             max_steps=self._step_budget(prompt_ids, settings.max_new_tokens),
             streaming=streaming,
         )
-        request.samples = make_samples(self.pair, request)
+        request.samples = make_samples(
+            self.pair,
+            [len(ids) for ids in request.prompt_ids[ALIGNED]],
+            request.n,
+            incremental=request.streaming or bool(settings.stop),
+        )
         if settings.constraint is not None:
             request.matchers = SampleMatchers(settings.constraint, self.pair, request.samples)
         return request

@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 
 from baco_integrations import BacoEngine
-from baco_integrations.decoding import CACHE_IMPLEMENTATIONS
+from baco_integrations.runners import CACHE_IMPLEMENTATIONS
 
 PROMPT = "Brainstorm names for a coffee shop."
 ROUTERS = ("aligned", "random", "P", "PUNC", "P-PUNC")

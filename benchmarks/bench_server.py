@@ -265,7 +265,7 @@ def in_process(args: argparse.Namespace) -> dict[str, tuple[int, float]]:
             tokens = run()
             runs.append((tokens, time.perf_counter() - start))
         timings[name] = median_run(runs)
-    engine.scheduler.shutdown()
+    engine.shutdown()
     return timings
 
 

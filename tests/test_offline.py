@@ -25,7 +25,6 @@ from typing import Any
 import pytest
 
 from baco_integrations import offline
-from baco_integrations.model_calls import cache_argument
 from baco_integrations.offline import (
     ALIGNED_GGUF_FILE,
     ALIGNED_PACKAGE,
@@ -44,6 +43,7 @@ from baco_integrations.offline import (
     converted_pair,
     offline_pair,
 )
+from baco_integrations.runners.model_calls import cache_argument
 
 ALIGNED_BYTES = b"GGUF" + bytes(range(256)) * 40 + b"aligned"
 CHUNKS = [b"GGUF" + b"base-part-0" * 100, b"base-part-1" * 50, b"base-part-2"]

@@ -18,24 +18,14 @@ from .randomness import RowRandomness
 from .request import DecodeStats, Request
 from .samples import SampleRecord, TextSample, TokenSample
 from .step import Group, RequestFailed, Step
-from .token_state import CacheImplementation
 
 
 class RunningBatch:
     """Rows of the live requests, their caches (in the bridge) and who writes each row."""
 
-    def __init__(
-        self,
-        pair: Pair,
-        cache_implementation: CacheImplementation = "dynamic",
-        compiled: bool = False,
-    ) -> None:
+    def __init__(self, pair: Pair) -> None:
         self.pair = pair
-        self.bridge: Bridge = (
-            TokenBridge(pair, cache_implementation, compiled)
-            if pair.shares_tokenizer
-            else TextBridge(pair)
-        )
+        self.bridge: Bridge = TokenBridge(pair) if pair.shares_tokenizer else TextBridge(pair)
         self.continuation = pair.continuation_table()
         self.randomness = RowRandomness(pair.device)
         self.requests: list[Request] = []
@@ -96,8 +86,8 @@ class RunningBatch:
             if custom:
                 self.randomness.restore(before)
             raise
-        sources_host = sources.tolist()
-        deltas = self.bridge.commit(self.rows, tokens.tolist(), sources_host, self.writers_host)
+        sources_host, token_list = sources.tolist(), tokens.tolist()
+        deltas = self.bridge.commit(self.rows, token_list, sources_host, self.writers_host)
         self.writers, self.writers_host = sources, sources_host
         for request in self.requests:
             request.steps += 1
@@ -106,11 +96,10 @@ class RunningBatch:
             _settle(sample, request, delta)
         keep = [r for r, sample in enumerate(self.rows) if not sample.finished]
         if len(keep) < len(self.rows):
-            tokens = tokens[torch.tensor(keep, dtype=torch.long, device=tokens.device)]
             self._keep(keep)
         if self.rows:
             lock_step = any(not r.settings.lazy for r in self.requests)
-            self.bridge.after_step(tokens, lock_step)
+            self.bridge.after_step([token_list[r] for r in keep], lock_step)
         return changed
 
     def remove(self, request: Request) -> None:
@@ -132,7 +121,7 @@ class RunningBatch:
             self.release()
             return
         index = torch.tensor(keep, dtype=torch.long, device=self.pair.device)
-        self.bridge.select(index)
+        self.bridge.select(keep)
         self.writers = self.writers[index]
         self.writers_host = [self.writers_host[r] for r in keep]
         self.randomness.generators = [self.randomness.generators[r] for r in keep]

@@ -1,32 +1,31 @@
 """How the two models share a row's text: the one thing that differs between a pair with a
 shared tokenizer and a cross-family pair.
 
-* :class:`TokenBridge`: one vocabulary, so committing a token pushes the same id to both
-  models, and every row of a model catches up in one tensorised forward.
+* :class:`TokenBridge`: one vocabulary, so every committed token goes to both models.
 * :class:`TextBridge`: two vocabularies, so the writer appends its own tokens and the other
-  model re-tokenizes the committed text when it is next needed, keeping its KV cache up to the
-  longest common token prefix (transformers' assisted decoding across tokenizers re-encodes
-  the same way).
+  model is brought to a re-tokenization of the committed text when its distribution is next
+  needed, keeping what it had seen up to the longest common token prefix (transformers'
+  assisted decoding across tokenizers re-encodes the same way).
 
-Both give the step loop (:mod:`.step`) the same view: per source, next-token logits
-``[rows, width]`` that are up to date for the rows asked for, and a way to commit the chosen
-tokens to the samples and the caches.
+Both keep a :class:`~.views.ModelView` per model (what it has seen of each row, and the runner
+that runs it) and give the step (:mod:`.step`) the same view: per source, distributions
+``[rows, width]`` that are current for the rows asked for, and a way to commit the chosen
+tokens. Neither runs a model: runners do (:mod:`baco_integrations.runners`).
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from typing import Any
 
 import torch
 
 from ..detokenize import IncrementalDetokenizer
-from .pair import BASE, SOURCE_IDS, Pair, PairMember
+from .encoding import encode_text
+from .pair import SOURCE_IDS, SOURCE_NAMES, Pair
 from .request import DecodeStats, Request
 from .samples import SampleRecord, TextSample, TokenSample
-from .text_state import TextModelState, encode_text
-from .token_state import CacheImplementation, TokenModelState
+from .views import ModelView
 
 #: Tokens of recent context a writer's detokenizer keeps after a switch (spacing rules of
 #: SentencePiece-style decoders look back only a token or two).
@@ -34,31 +33,19 @@ _DETOKENIZER_CONTEXT = 6
 
 
 class Bridge(ABC):
-    """What the step loop needs from the two models, whichever kind of pair it decodes.
+    """What the step needs from the two models, whichever kind of pair it decodes.
 
-    ``states[source]`` is each model's KV cache over the batch's rows; joining, leaving,
-    releasing and counting work are the same for both kinds of pair and live here.
+    ``views[source]`` is each model's view of the batch's rows; joining, leaving, releasing,
+    reading distributions and counting work are the same for both kinds of pair and live here.
     """
 
-    def __init__(self, pair: Pair, states: tuple[Any, Any]) -> None:
+    def __init__(self, pair: Pair) -> None:
         self.pair = pair
-        self.states = states
+        self.views = (ModelView(pair.members[0].runner), ModelView(pair.members[1].runner))
 
     @abstractmethod
-    def _new_state(self, member: PairMember) -> Any:
-        """An empty state of this bridge's kind for ``member``, to prefill joining rows."""
-
-    @abstractmethod
-    def before_step(self, writers: Sequence[int]) -> None:
-        """Bring rows up to date before a step reads any distribution."""
-
-    @abstractmethod
-    def logits(self, source: int, rows: Sequence[int]) -> torch.Tensor:
-        """``[rows, width]`` next-token logits of ``source``, up to date for ``rows``."""
-
-    @abstractmethod
-    def view(self, source: int, row: int, sample: SampleRecord) -> Sequence[int]:
-        """The row's response as ``source`` sees it (its own token ids)."""
+    def _bring_up_to_date(self, source: int, rows: Sequence[int], writers: Sequence[int]) -> None:
+        """Give ``source``'s runner what ``rows`` say before their distributions are read."""
 
     @abstractmethod
     def commit(
@@ -72,81 +59,76 @@ class Bridge(ABC):
         end-of-sequence token (which is not written)."""
 
     @abstractmethod
-    def after_step(self, tokens: torch.Tensor, lock_step: bool) -> None:
+    def after_step(self, tokens: list[int], lock_step: bool) -> None:
         """Hand the step's tokens (of the rows that go on) to the models."""
 
-    def version(self, source: int) -> int:
-        """Forwards run by ``source`` so far: a change means its logits changed."""
-        return int(self.states[source].forward_passes)
+    def distributions(
+        self, source: int, rows: Sequence[int], writers: Sequence[int]
+    ) -> torch.Tensor:
+        """``[rows, width]`` next-token logits of ``source`` on the pair's device, current for
+        ``rows`` (ids past its vocabulary are ``-inf``)."""
+        self._bring_up_to_date(source, rows, writers)
+        member = self.pair.members[source]
+        logits = member.runner.distributions(rows).logits[:, : member.vocab_size]
+        logits = logits.to(self.pair.device)
+        if logits.shape[1] == self.pair.width:
+            return logits
+        return torch.nn.functional.pad(
+            logits, (0, self.pair.width - logits.shape[1]), value=float("-inf")
+        )
+
+    def view(self, source: int, row: int) -> Sequence[int]:
+        """The row's response as ``source`` sees it (its own token ids)."""
+        return self.views[source].rows[row]
 
     def join(self, requests: Sequence[Request]) -> None:
-        """Prefill the requests' prompts, one forward per model, into the running rows'
-        caches if there are any. Both prefills come first, so a failure there leaves the
-        running rows as they were."""
+        """Add the requests' rows to both models after the running ones. If the second model
+        fails, the first gives its new rows back: the running rows stay as they were."""
         repeats = [r.n for r in requests for _ in r.prompts]
         capacity = max(r.max_steps for r in requests)
+        joined: list[tuple[ModelView, int]] = []
+        try:
+            for source, view in zip(SOURCE_IDS, self.views, strict=True):
+                before = len(view.rows)
+                prompts = [ids for r in requests for ids in r.prompt_ids[source]]
+                view.add_rows(prompts, repeats, capacity)
+                joined.append((view, before))
+        except BaseException:
+            for view, before in joined:
+                if before:
+                    view.select(range(before))
+                else:
+                    view.release()
+            raise
 
-        def prompts(member: PairMember) -> list[list[int]]:
-            return [ids for r in requests for ids in r.prompt_ids[member.source]]
-
-        if self.states[0].cache is None:
-            for state in self.states:
-                state.prefill(prompts(state.member), repeats, capacity)
-            return
-        joining = [self._new_state(state.member) for state in self.states]
-        for state in joining:
-            state.prefill(prompts(state.member), repeats, capacity)
-        for state, new in zip(self.states, joining, strict=True):
-            state.merge(new, spare=capacity)
-
-    def select(self, keep: torch.Tensor) -> None:
+    def select(self, keep: Sequence[int]) -> None:
         """Keep only the rows ``keep`` (indices, in order)."""
-        for state in self.states:
-            state.select(keep)
+        for view in self.views:
+            view.select(keep)
 
     def release(self) -> None:
-        """Free every cache now rather than when the states are collected."""
-        for state in self.states:
-            state.release()
+        """Free every cache now rather than when the runners' rows are collected."""
+        for view in self.views:
+            view.release()
 
     def counters(self) -> DecodeStats:
         """Work done so far by each model (forwards, tokens; re-tokenization across
         families)."""
         stats = DecodeStats()
-        for source, state in zip(SOURCE_IDS, self.states, strict=True):
-            name = "base" if source == BASE else "aligned"
-            setattr(stats, f"{name}_forward_passes", state.forward_passes)
-            setattr(stats, f"{name}_forward_tokens", state.forward_tokens)
-            if isinstance(state, TextModelState):
-                setattr(stats, f"{name}_synced_tokens", state.synced_tokens)
-                setattr(stats, f"{name}_reused_tokens", state.reused_tokens)
+        for name, view in zip(SOURCE_NAMES, self.views, strict=True):
+            counters = view.runner.counters()
+            setattr(stats, f"{name}_forward_passes", counters.forward_passes)
+            setattr(stats, f"{name}_forward_tokens", counters.forward_tokens)
+            setattr(stats, f"{name}_synced_tokens", view.synced_tokens)
+            setattr(stats, f"{name}_reused_tokens", view.reused_tokens)
         return stats
 
 
 class TokenBridge(Bridge):
     """A shared tokenizer: tokens are the shared currency (the fast path)."""
 
-    def __init__(
-        self, pair: Pair, cache_implementation: CacheImplementation, compiled: bool
-    ) -> None:
-        states = tuple(
-            TokenModelState(member, pair.device, cache_implementation, compiled)
-            for member in pair.members
-        )
-        super().__init__(pair, (states[0], states[1]))
-
-    def _new_state(self, member: PairMember) -> TokenModelState:
-        return TokenModelState(member, self.pair.device)
-
-    def before_step(self, writers: Sequence[int]) -> None:
-        """Nothing to bring up to date: both models see every committed token."""
-
-    def logits(self, source: int, rows: Sequence[int]) -> torch.Tensor:
-        return self.states[source].logits()
-
-    def view(self, source: int, row: int, sample: SampleRecord) -> Sequence[int]:
-        """The row's response as ``source`` sees it: every committed id."""
-        return sample.token_ids
+    def _bring_up_to_date(self, source: int, rows: Sequence[int], writers: Sequence[int]) -> None:
+        """Nothing to do: both models are given every committed token."""
 
     def commit(
         self,
@@ -162,63 +144,35 @@ class TokenBridge(Bridge):
             deltas.append(None if eos else sample.append(token, source))
         return deltas
 
-    def after_step(self, tokens: torch.Tensor, lock_step: bool) -> None:
-        for state in self.states:
-            state.push(tokens)
-            if lock_step:
-                state.logits()  # lock-step: every model runs every step
+    def after_step(self, tokens: list[int], lock_step: bool) -> None:
+        for view in self.views:
+            for row, token in enumerate(tokens):
+                view.append(row, token)
+            if lock_step:  # every model runs every step
+                view.runner.distributions(range(len(tokens)))
 
 
 class TextBridge(Bridge):
     """Different tokenizers: text is the shared currency (cross-family pairs)."""
 
     def __init__(self, pair: Pair) -> None:
-        states = tuple(TextModelState(member, pair.device) for member in pair.members)
-        super().__init__(pair, (states[0], states[1]))
-        self.width = pair.width
-        self.writers: list[int] = []
+        super().__init__(pair)
         self.samples: list[TextSample] = []
         # Looked up per row and token on the host: a list made once per vocabulary, not a
         # device read (or a tensor index) per token.
         self.continuation = [member.masks.continuation.tolist() for member in pair.members]
 
-    def _new_state(self, member: PairMember) -> TextModelState:
-        return TextModelState(member, self.pair.device)
-
     def join(self, requests: Sequence[Request]) -> None:
         super().join(requests)
         self.samples.extend(s for r in requests for s in r.samples if isinstance(s, TextSample))
 
-    def _sync(self, source: int, rows: Sequence[int], writers: Sequence[int]) -> None:
-        state = self.states[source]
+    def _bring_up_to_date(self, source: int, rows: Sequence[int], writers: Sequence[int]) -> None:
+        """Rows another model wrote last are re-tokenized into ``source``'s view (the
+        writer's own tokens already spell the text)."""
+        view, tokenizer = self.views[source], self.pair.members[source].tokenizer
         for row in rows:
-            if writers[row] != source:  # the writer's own tokens already spell the text
-                state.sync(row, encode_text(state.tokenizer, self.samples[row].text))
-
-    def before_step(self, writers: Sequence[int]) -> None:
-        """A model about to run for its own rows' proposals brings the other rows up to date in
-        the same forward: a boundary syncs to the committed text, which this step's proposals
-        do not change, so a row reaching a boundary, or handed to this model, costs no second
-        pass. Extra rows in a forward are cheap; another forward is not."""
-        self.writers = list(writers)
-        for source in SOURCE_IDS:
-            if source in writers:
-                self._sync(
-                    source, [r for r, w in enumerate(writers) if w not in (-1, source)], writers
-                )
-
-    def logits(self, source: int, rows: Sequence[int]) -> torch.Tensor:
-        self._sync(source, rows, self.writers)
-        logits = self.states[source].logits(rows)
-        if logits.shape[1] == self.width:
-            return logits
-        return torch.nn.functional.pad(
-            logits, (0, self.width - logits.shape[1]), value=float("-inf")
-        )
-
-    def view(self, source: int, row: int, sample: SampleRecord) -> Sequence[int]:
-        """The row's response as ``source`` sees it: its own tokens of the text so far."""
-        return self.states[source].view(row)
+            if writers[row] != source:
+                view.sync(row, encode_text(tokenizer, self.samples[row].text))
 
     def commit(
         self,
@@ -230,25 +184,26 @@ class TextBridge(Bridge):
         deltas: list[str | None] = []
         for row, (sample, token, source) in enumerate(zip(rows, tokens, sources, strict=True)):
             assert isinstance(sample, TextSample)
-            state = self.states[source]
+            view = self.views[source]
             if source != writers[row]:
-                detokenizer = IncrementalDetokenizer(state.tokenizer)
-                detokenizer.seed(state.view(row)[-_DETOKENIZER_CONTEXT:])
+                detokenizer = IncrementalDetokenizer(self.pair.members[source].tokenizer)
+                detokenizer.seed(view.rows[row][-_DETOKENIZER_CONTEXT:])
                 sample.switch(source, detokenizer)
             if token in self.pair.members[source].eos_ids:
                 deltas.append(None)
                 continue
-            state.append(row, token)
+            view.append(row, token)
             continues = token < len(self.continuation[source]) and self.continuation[source][token]
             deltas.append(sample.append(token, starts_word=not continues))
         return deltas
 
-    def after_step(self, tokens: torch.Tensor, lock_step: bool) -> None:
-        """Nothing to push: the writers appended their tokens, the others sync when needed."""
+    def after_step(self, tokens: list[int], lock_step: bool) -> None:
+        """Nothing to hand over: the writers appended their tokens, the others sync when
+        their distributions are next read."""
 
-    def select(self, keep: torch.Tensor) -> None:
+    def select(self, keep: Sequence[int]) -> None:
         super().select(keep)
-        self.samples = [self.samples[r] for r in keep.tolist()]
+        self.samples = [self.samples[r] for r in keep]
 
     def release(self) -> None:
         super().release()

@@ -20,6 +20,7 @@ import torch
 from ..constraints import Constraint
 from .pair import ALIGNED, Pair, PairMember
 from .samples import SampleRecord
+from .views import common_prefix
 
 _TOKENIZERS: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
 
@@ -36,15 +37,6 @@ def ll_tokenizer(member: PairMember) -> Any:
         )
         _TOKENIZERS[member.tokenizer] = cached
     return cached
-
-
-def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    common = 0
-    for x, y in zip(a, b, strict=False):
-        if x != y:
-            break
-        common += 1
-    return common
 
 
 class SampleMatchers:
@@ -91,7 +83,7 @@ class SampleMatchers:
     def _follow(self, key: tuple[int, int], view: Sequence[int]) -> Any:
         """Bring the matcher to ``view``: roll back to the common prefix, consume the rest."""
         matcher, consumed, spent = self.matchers[key], self.consumed[key], self.spent[key]
-        common = _common_prefix(consumed, view)
+        common = common_prefix(consumed, view)
         if common < len(consumed):
             matcher.rollback(sum(spent[common:]))
             del consumed[common:], spent[common:]

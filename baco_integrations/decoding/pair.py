@@ -1,8 +1,10 @@
 """The two models of a pair and the facts about each that decoding reads, computed once.
 
-A token's source is one small integer everywhere inside the decoding loop (``ALIGNED`` = 0,
-``BASE`` = 1, ``NO_SOURCE`` = -1 before a row's first token); the names ``"aligned"`` and
-``"base"`` appear only in outputs. ``Pair.members[source]`` holds that model's facts.
+A pair is built from a runner per model (where it runs: :mod:`baco_integrations.runners`) and
+its tokenizer (what its ids mean). A token's source is one small integer everywhere inside the
+decoding loop (``ALIGNED`` = 0, ``BASE`` = 1, ``NO_SOURCE`` = -1 before a row's first token);
+the names ``"aligned"`` and ``"base"`` appear only in outputs. ``Pair.members[source]`` holds
+that model's facts.
 """
 
 from __future__ import annotations
@@ -10,11 +12,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import PreTrainedTokenizerBase
 
 from ..config import Source
-from ..model_calls import cache_argument, input_device
 from ..routers import NO_SOURCE, SOURCE_ALIGNED, SOURCE_BASE
+from ..runners import ModelRunner
 from ..vocab import VocabMasks, build_vocab_masks
 
 ALIGNED, BASE = SOURCE_ALIGNED, SOURCE_BASE
@@ -28,17 +30,10 @@ __all__ = ["ALIGNED", "BASE", "NO_SOURCE", "SOURCE_IDS", "SOURCE_NAMES", "Pair",
 END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>", "<|endoftext|>")
 
 
-def _eos_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, chat: bool) -> set[int]:
-    ids: set[int] = set()
-    for value in (
-        tokenizer.eos_token_id,
-        getattr(getattr(model, "generation_config", None), "eos_token_id", None),
-        model.config.get_text_config().eos_token_id,
-    ):
-        if isinstance(value, int):
-            ids.add(value)
-        elif isinstance(value, list | tuple):
-            ids.update(int(v) for v in value)
+def _eos_ids(runner: ModelRunner, tokenizer: PreTrainedTokenizerBase, chat: bool) -> set[int]:
+    ids = set(runner.facts.eos_ids)
+    if isinstance(tokenizer.eos_token_id, int):
+        ids.add(tokenizer.eos_token_id)
     if chat:
         vocab = tokenizer.get_vocab()
         special = set(tokenizer.all_special_tokens) | {
@@ -48,32 +43,24 @@ def _eos_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, chat: b
     return ids
 
 
-def _context_window(model: PreTrainedModel) -> int | None:
-    window = getattr(model.config.get_text_config(), "max_position_embeddings", None)
-    return int(window) if isinstance(window, int) and window > 0 else None
-
-
-def _pad_id(tokenizer: PreTrainedTokenizerBase) -> int:
+def pad_id(tokenizer: PreTrainedTokenizerBase) -> int:
+    """The id a runner pads prompts with: the tokenizer's pad token, else its EOS, else 0."""
     return next(t for t in (tokenizer.pad_token_id, tokenizer.eos_token_id, 0) if t is not None)
 
 
 @dataclass(frozen=True)
 class PairMember:
-    """One model of the pair: what the loop reads about it."""
+    """One model of the pair: what the loop reads about it, and the runner that runs it."""
 
     source: int
-    model: PreTrainedModel
+    runner: ModelRunner
     tokenizer: PreTrainedTokenizerBase
-    #: Rows of the model's logits that BACO reads (embedding padding rows are left out).
+    #: Columns of the model's distributions that BACO reads (embedding padding rows and ids
+    #: the tokenizer does not know are left out).
     vocab_size: int
     masks: VocabMasks
     #: Token ids that end a sample written by this model.
     eos_ids: frozenset[int]
-    pad_id: int
-    #: Where the model takes its inputs (its embedding's device, also when sharded).
-    device: torch.device
-    #: The keyword of the KV cache in ``model.forward`` (it changed in transformers 5.24).
-    cache_argument: str
 
     @property
     def name(self) -> Source:
@@ -91,7 +78,7 @@ class Pair:
     members: tuple[PairMember, PairMember]  # indexed by source id
     shares_tokenizer: bool
     context_window: int | None
-    #: Where scores, masks and draws live (the aligned model's input device).
+    #: Where scores, masks and draws live (where the aligned runner's distributions are).
     device: torch.device
 
     @property
@@ -110,27 +97,22 @@ class Pair:
     @classmethod
     def build(
         cls,
-        base_model: PreTrainedModel,
-        aligned_model: PreTrainedModel,
+        base_runner: ModelRunner,
+        aligned_runner: ModelRunner,
         base_tokenizer: PreTrainedTokenizerBase,
         aligned_tokenizer: PreTrainedTokenizerBase,
     ) -> Pair:
+        """The pair of two runners, each with the tokenizer whose ids it takes."""
         shares = base_tokenizer.get_vocab() == aligned_tokenizer.get_vocab()
-        device = input_device(aligned_model)
-        sizes = [
-            min(model.get_output_embeddings().weight.shape[0], len(tokenizer))
-            for model, tokenizer in (
-                (aligned_model, aligned_tokenizer),
-                (base_model, base_tokenizer),
-            )
-        ]
-        if shares:
-            sizes = [min(sizes)] * 2
+        device = aligned_runner.facts.device
+        sides = ((aligned_runner, aligned_tokenizer), (base_runner, base_tokenizer))
+        sizes = [min(runner.facts.vocab_size, len(tokenizer)) for runner, tokenizer in sides]
         eos = [
-            _eos_ids(aligned_model, aligned_tokenizer, True),
-            _eos_ids(base_model, base_tokenizer, False),
+            _eos_ids(runner, tokenizer, chat)
+            for (runner, tokenizer), chat in zip(sides, (True, False), strict=True)
         ]
         if shares:  # one vocabulary: either model's end-of-sequence token ends a sample
+            sizes = [min(sizes)] * 2
             eos = [eos[0] | eos[1]] * 2
         aligned_masks = build_vocab_masks(aligned_tokenizer, sizes[ALIGNED], device)
         base_masks = (
@@ -139,21 +121,17 @@ class Pair:
         members = tuple(
             PairMember(
                 source=source,
-                model=model.eval(),
+                runner=runner,
                 tokenizer=tokenizer,
                 vocab_size=sizes[source],
                 masks=masks,
                 eos_ids=frozenset(eos[source]),
-                pad_id=_pad_id(tokenizer),
-                device=input_device(model),
-                cache_argument=cache_argument(model),
             )
-            for source, model, tokenizer, masks in (
-                (ALIGNED, aligned_model, aligned_tokenizer, aligned_masks),
-                (BASE, base_model, base_tokenizer, base_masks),
+            for source, (runner, tokenizer), masks in zip(
+                SOURCE_IDS, sides, (aligned_masks, base_masks), strict=True
             )
         )
-        windows = [w for w in map(_context_window, (base_model, aligned_model)) if w]
+        windows = [w for r in (base_runner, aligned_runner) if (w := r.facts.context_window)]
         return cls(
             members=(members[0], members[1]),
             shares_tokenizer=shares,

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import torch
 
@@ -16,8 +16,17 @@ from ..sampling import Sampler
 from .randomness import row_seed, seeded_generator
 from .samples import SampleRecord
 
-if TYPE_CHECKING:
-    from .grammar import SampleMatchers
+
+class Matchers(Protocol):
+    """What a step asks of a constrained request's grammar (:class:`.grammar.SampleMatchers`)."""
+
+    def apply(
+        self,
+        source: int,
+        logits: torch.Tensor,
+        samples: Sequence[SampleRecord],
+        views: Sequence[Sequence[int]],
+    ) -> torch.Tensor: ...
 
 
 class DecodingCancelled(RuntimeError):
@@ -75,7 +84,7 @@ class Request:
     done: bool = False
     error: BaseException | None = None
     #: Grammar matchers of a constrained call (``settings.constraint``), per sample and model.
-    matchers: SampleMatchers | None = None
+    matchers: Matchers | None = None
 
     def __post_init__(self) -> None:
         settings = self.settings
@@ -83,8 +92,10 @@ class Request:
         #: A user's callable router may raise mid-step; the built-in ones do not.
         self.custom_router = not isinstance(settings.router_config().strategy, str)
         self.sampler = Sampler(settings.temperature, settings.top_k, settings.top_p, settings.min_p)
-        #: The distributions the router reads; lock-step decoding reads both.
-        self.needs = router_needs(self.router) if settings.lazy else BOTH
+        #: The distributions the router reads (a bad ``needs`` fails here, before any
+        #: decoding); lock-step decoding reads both.
+        needs = router_needs(self.router)
+        self.needs = needs if settings.lazy else BOTH
         self.longest_stop = max(map(len, settings.stop)) if settings.stop else 0
         #: The request's own generator, for routers' draws other than per-row coins.
         self.generator: torch.Generator | None = None

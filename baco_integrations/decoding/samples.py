@@ -9,18 +9,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 from transformers import PreTrainedTokenizerBase
 
 from ..detokenize import IncrementalDetokenizer
 from ..outputs import BacoOutput, FinishReason
 from ..stops import find_stop, streamable_length
-from .pair import ALIGNED, SOURCE_NAMES, Pair
-from .text_state import encode_text, encode_with_ends
-
-if TYPE_CHECKING:
-    from .request import Request
+from .encoding import encode_text, encode_with_ends
+from .pair import SOURCE_NAMES, Pair
 
 
 @dataclass
@@ -213,22 +209,23 @@ class TextSample(SampleRecord):
         return True
 
 
-def make_samples(pair: Pair, request: Request) -> list[SampleRecord]:
-    """The request's samples (prompt-major: sample j of prompt i is at ``i * n + j``), of the
-    kind the pair decodes."""
+def make_samples(
+    pair: Pair, prompt_tokens: Sequence[int], n: int, incremental: bool
+) -> list[SampleRecord]:
+    """``n`` samples of each prompt (prompt-major: sample j of prompt i is at ``i * n + j``),
+    of the kind the pair decodes. ``prompt_tokens``: each prompt's length in aligned ids;
+    ``incremental``: text is decoded token by token (streaming, stop strings)."""
     aligned = pair.aligned
-    incremental = request.streaming or bool(request.settings.stop)
 
     def sample(i: int, j: int) -> SampleRecord:
-        prompt_tokens = len(request.prompt_ids[ALIGNED][i])
         if pair.shares_tokenizer:
             return TokenSample(
                 i,
                 j,
-                prompt_tokens,
+                prompt_tokens[i],
                 detokenizer=IncrementalDetokenizer(aligned.tokenizer),
                 incremental=incremental,
             )
-        return TextSample(i, j, prompt_tokens, aligned_tokenizer=aligned.tokenizer)
+        return TextSample(i, j, prompt_tokens[i], aligned_tokenizer=aligned.tokenizer)
 
-    return [sample(i, j) for i in range(len(request.prompts)) for j in range(request.n)]
+    return [sample(i, j) for i in range(len(prompt_tokens)) for j in range(n)]

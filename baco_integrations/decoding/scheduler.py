@@ -11,7 +11,8 @@ Why this shape (docs/performance.md, Concurrency): nano-vllm and vLLM schedule o
 cache that one model owns; BACO runs two models whose caches must stay row-aligned, and the
 cross-family bridge re-tokenizes per row, so rows are kept in per-model transformers caches
 and merged or filtered between steps as text-generation-inference's ``CausalLMBatch`` does.
-A static cache is sized for one batch, so with it a request joins only an empty batch.
+A runner that cannot add rows to running ones (the in-process runner's static cache, sized
+for one batch) takes a request only into an empty batch.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import threading
 import weakref
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from ..outputs import BacoChunk
@@ -30,7 +32,6 @@ from .pair import Pair
 from .request import DecodingCancelled, Request
 from .samples import SampleRecord
 from .step import RequestFailed
-from .token_state import CacheImplementation
 
 #: What a ticket's listener receives: ("chunks", list[BacoChunk]), ("done", None) or
 #: ("error", exception). It is called on the scheduler thread and must not block.
@@ -40,6 +41,17 @@ Listener = Callable[[Progress], None]
 
 class EngineOverloaded(RuntimeError):
     """The scheduler's waiting queue is full: retry later (a server answers 429/503)."""
+
+
+@dataclass(frozen=True)
+class SchedulerLoad:
+    """How busy a scheduler is, and its caps (for a server's checks, health and metrics)."""
+
+    live_rows: int
+    waiting: int
+    steps: int
+    max_live_rows: int
+    max_waiting: int
 
 
 class Ticket:
@@ -79,15 +91,15 @@ class Scheduler:
     def __init__(
         self,
         pair: Pair,
-        cache_implementation: CacheImplementation,
-        compiled: bool,
         *,
         max_live_rows: int,
         max_prefill_tokens: int,
         max_waiting: int,
     ) -> None:
-        self.batch = RunningBatch(pair, cache_implementation, compiled)
-        self.static = cache_implementation == "static"
+        self.batch = RunningBatch(pair)
+        #: A runner that cannot add rows to running ones (a static cache) takes a request
+        #: only into an empty batch.
+        self.joins_running = all(m.runner.joins_running_rows for m in pair.members)
         self.max_live_rows = max_live_rows
         self.max_prefill_tokens = max_prefill_tokens
         self.max_waiting = max_waiting
@@ -156,6 +168,15 @@ class Scheduler:
     def waiting(self) -> int:
         return len(self._waiting)
 
+    def load(self) -> SchedulerLoad:
+        return SchedulerLoad(
+            live_rows=self.live_rows,
+            waiting=self.waiting,
+            steps=self.steps,
+            max_live_rows=self.max_live_rows,
+            max_waiting=self.max_waiting,
+        )
+
     # ------------------------------------------------------------- the loop
 
     def _run(self) -> None:
@@ -183,7 +204,7 @@ class Scheduler:
             fits = rows + request.rows <= self.max_live_rows and (
                 prefill + tokens <= self.max_prefill_tokens or first
             )
-            if not fits or (self.static and not first):
+            if not fits or (not self.joins_running and not first):
                 break
             admitted.append(self._waiting.popleft())
             rows, prefill = rows + request.rows, prefill + tokens

@@ -6,9 +6,9 @@ picks the model for the next word, and a model that takes over draws a token tha
 word (it may not continue the other model's word).
 
 Rows are grouped by request: each request's sampler, router and random numbers apply to its
-own rows, while each model runs at most once per step for all rows together (the bridge
-decides which rows need fresh logits). The draws do not depend on which models ran, so lazy
-and lock-step decoding give the same tokens.
+own rows, while each runner is asked at most once per phase for all rows together (see
+:class:`Step`). The draws do not depend on which models ran, so lazy and lock-step decoding
+give the same tokens.
 """
 
 from __future__ import annotations
@@ -53,52 +53,60 @@ class Group:
 
 
 class StepScores:
-    """A group's tempered and truncated scores per source, computed when first needed and
-    again only if the model ran since (a cross-family catch-up for more rows). A constrained
-    request's grammar masks its logits first, so routers and draws read the same masked
-    distributions."""
+    """The distributions a step has fetched, per source, and each group's tempered and
+    truncated scores, computed when first read and again only after a fetch for more rows.
+    A constrained request's grammar masks its logits first, so routers and draws read the
+    same masked distributions."""
 
-    def __init__(self, bridge: Bridge, rows: Sequence[SampleRecord]) -> None:
+    def __init__(self, bridge: Bridge, rows: Sequence[SampleRecord], writers: list[int]) -> None:
         self.bridge = bridge
         self.rows = rows
-        self._cache: dict[tuple[int, int], tuple[int, torch.Tensor, torch.Tensor]] = {}
+        self.writers = writers
+        self.logits: dict[int, torch.Tensor] = {}
+        self.ready: tuple[set[int], set[int]] = (set(), set())
+        self._cache: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
 
-    def _get(self, group: Group, source: int, rows: Sequence[int]) -> tuple[torch.Tensor, ...]:
-        logits = self.bridge.logits(source, rows)  # brings ``rows`` up to date
-        version = self.bridge.version(source)
+    def fetch(self, needs: dict[int, list[int]]) -> None:
+        """Ask each runner once for the rows that need its distribution and do not have it
+        yet. This is the only place a step waits on a model."""
+        for source, rows in needs.items():
+            missing = [r for r in rows if r not in self.ready[source]]
+            if not missing:
+                continue
+            self.logits[source] = self.bridge.distributions(source, missing, self.writers)
+            self.ready[source].update(missing)
+            for key in [k for k in self._cache if k[1] == source]:
+                del self._cache[key]
+
+    def _get(self, group: Group, source: int) -> tuple[torch.Tensor, torch.Tensor]:
         key = (group.start, source)
         cached = self._cache.get(key)
-        if cached is None or cached[0] != version:
+        if cached is None:
             sampler = group.request.sampler
-            tempered = sampler.temper(self._constrained(group, source, logits[group.slice]))
-            cached = (version, tempered, sampler.truncate(tempered))
-            self._cache[key] = cached
-        return cached[1], cached[2]
+            logits = self.logits[source][group.slice]
+            tempered = sampler.temper(self._constrained(group, source, logits))
+            cached = self._cache[key] = (tempered, sampler.truncate(tempered))
+        return cached
 
     def _constrained(self, group: Group, source: int, logits: torch.Tensor) -> torch.Tensor:
         matchers = group.request.matchers
         if matchers is None:
             return logits
-        samples = self.rows[group.slice]
-        views = [
-            self.bridge.view(source, row, sample)
-            for row, sample in zip(range(group.start, group.stop), samples, strict=True)
-        ]
-        return matchers.apply(source, logits, samples, views)
+        views = [self.bridge.view(source, row) for row in range(group.start, group.stop)]
+        return matchers.apply(source, logits, self.rows[group.slice], views)
 
-    def tempered(self, group: Group, source: int, rows: Sequence[int]) -> torch.Tensor:
-        return self._get(group, source, rows)[0]
+    def tempered(self, group: Group, source: int) -> torch.Tensor:
+        return self._get(group, source)[0]
 
-    def truncated(self, group: Group, source: int, rows: Sequence[int]) -> torch.Tensor:
-        return self._get(group, source, rows)[1]
+    def truncated(self, group: Group, source: int) -> torch.Tensor:
+        return self._get(group, source)[1]
 
     def by_source(
         self, group: Group, sources: torch.Tensor, rows: Sequence[int], host: Sequence[int]
     ) -> torch.Tensor:
         """Each row's truncated scores from the model ``sources`` names (``[group rows,
         width]``); ``host`` is ``sources`` on the host, read only for ``rows``."""
-        needed = {host[r] for r in rows}
-        picked = {s: self.truncated(group, s, [r for r in rows if host[r] == s]) for s in needed}
+        picked = {s: self.truncated(group, s) for s in {host[r] for r in rows}}
         if len(picked) == 1:
             return next(iter(picked.values()))
         return torch.where((sources == BASE)[:, None], picked[BASE], picked[ALIGNED])
@@ -122,7 +130,14 @@ def _draw(
 
 
 class Step:
-    """Decide every row's next token and its source for one step of a batch."""
+    """Decide every row's next token and its source for one step of a batch.
+
+    A step reads in phases, as nano-vllm's schedule → run → postprocess: each phase first
+    says which rows need which model's distribution, fetches them (one call per runner),
+    then decides. The phases are the proposals (each row's writer), the routers' inputs at
+    word boundaries, and the hand-over (the incoming model of a row that switches); a later
+    phase fetches only what an earlier one did not.
+    """
 
     def __init__(
         self,
@@ -135,20 +150,25 @@ class Step:
         randomness: RowRandomness,
         continuation: torch.Tensor,
     ) -> None:
-        self.pair, self.bridge, self.groups = pair, bridge, groups
+        self.pair, self.groups = pair, groups
         self.writers, self.writers_host = writers, writers_host
         self.randomness, self.continuation = randomness, continuation
-        self.scores = StepScores(bridge, rows)
+        self.scores = StepScores(bridge, rows, writers_host)
 
     def run(self) -> tuple[torch.Tensor, torch.Tensor]:
         """``(tokens, sources)``, one per row."""
-        self.bridge.before_step(self.writers_host)
+        # A model that runs for its rows' proposals brings every row up to date in the same
+        # work (across families, a row another model wrote is re-tokenized into it): extra
+        # rows in a forward are cheap, another forward is not.
+        every_row = list(range(len(self.writers_host)))
+        self.scores.fetch({w: every_row for w in set(self.writers_host) if w != NO_SOURCE})
         stay = self._proposals()
         has_writer = self.writers != NO_SOURCE
         continues = self.continuation[self.writers.clamp_min(0), stay] & has_writer
         if bool(continues.all()):
             return stay, self.writers
         boundary = (~continues).tolist()
+        self.scores.fetch(self._router_needs(boundary))
         want = self._route(boundary)
         switch = torch.tensor(boundary, device=self.writers.device) & (want != self.writers)
         fresh, switch = self._hand_over(want, switch)
@@ -167,6 +187,16 @@ class Step:
                 stay[index] = _draw(group, scores, rows, self.randomness)
         return stay
 
+    def _router_needs(self, boundary: list[bool]) -> dict[int, list[int]]:
+        """The rows at a boundary, per model whose distribution their router reads."""
+        needs: dict[int, list[int]] = {ALIGNED: [], BASE: []}
+        for group in self.groups:
+            if rows := group.rows(boundary):
+                for source in (ALIGNED, BASE):
+                    if self.pair.members[source].name in group.request.needs:
+                        needs[source].extend(rows)
+        return needs
+
     def _route(self, boundary: list[bool]) -> torch.Tensor:
         """The source each row wants next: the router's pick at a boundary, else its writer."""
         want = self.writers.clone()
@@ -175,7 +205,7 @@ class Step:
                 continue
             request = group.request
             probs = {
-                source: torch.softmax(self.scores.tempered(group, source, rows), dim=-1)[
+                source: torch.softmax(self.scores.tempered(group, source), dim=-1)[
                     :, : self.pair.members[source].vocab_size
                 ]
                 for source in (ALIGNED, BASE)
@@ -216,6 +246,11 @@ class Step:
         if not any(switching):
             return fresh, switch
         want_host = want.tolist()
+        needs: dict[int, list[int]] = {ALIGNED: [], BASE: []}
+        for row, moving in enumerate(switching):
+            if moving:
+                needs[want_host[row]].append(row)
+        self.scores.fetch(needs)
         has_writer = self.writers != NO_SOURCE
         for group in self.groups:
             if not (rows := group.rows(switching)):

@@ -32,7 +32,7 @@ from ..config import GenerationSettings
 from ..conversation import ROLE_ALIASES, Role, canonical_role, merge_turns
 from ..outputs import BacoChunk, BacoOutput, Usage
 from ._common import STRUCTURED_OUTPUT_ADVICE, BacoSettingsMixin
-from .structured import structured_output
+from .structured import constraint_for, structured_output
 
 #: Keyword arguments LangChain itself interprets (``invoke(..., stream=True)``) and forwards.
 _LANGCHAIN_KWARGS = frozenset({"stream"})
@@ -200,9 +200,14 @@ class ChatBaco(BacoSettingsMixin, BaseChatModel):
             chain = prompt | ChatBaco(engine=engine, n=4).with_structured_output(Idea)
             ideas = chain.invoke({"topic": "coffee"})  # [Idea(...), Idea(...), ...]
         """
+        constraint = constraint_for(schema, method, strict)
+        # Every setting is checked now (unknown names raise), and n read from them.
+        n = self.settings_for_call({**kwargs, "constraint": constraint}).n
         return structured_output(
             self,
             schema,
+            constraint=constraint,
+            n=n,
             method=method,
             include_raw=include_raw,
             strict=strict,

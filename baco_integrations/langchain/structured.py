@@ -18,10 +18,10 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from operator import itemgetter
-from typing import TYPE_CHECKING, Any, Literal, cast, get_args
+from typing import Any, Literal, cast, get_args
 
 from langchain_core.exceptions import OutputParserException
-from langchain_core.language_models import LanguageModelInput
+from langchain_core.language_models import BaseChatModel, LanguageModelInput
 from langchain_core.messages import AIMessage, BaseMessage
 from langchain_core.output_parsers import JsonOutputParser, PydanticOutputParser
 from langchain_core.outputs import ChatGeneration, Generation
@@ -38,9 +38,6 @@ from pydantic import BaseModel
 from typing_extensions import is_typeddict
 
 from ..constraints import Constraint
-
-if TYPE_CHECKING:
-    from .chat_models import ChatBaco
 
 StructuredMethod = Literal["json_schema", "json_mode"]
 #: The ``method`` values ChatBaco supports.
@@ -165,7 +162,7 @@ def _with_raw(parser: Runnable[Any, Any]) -> Runnable[Any, Any]:
     return parse.with_fallbacks([failed], exception_key="parsing_error")
 
 
-def _all_samples(model: ChatBaco, kwargs: dict[str, Any]) -> Runnable[Any, list[AIMessage]]:
+def _all_samples(model: BaseChatModel, kwargs: dict[str, Any]) -> Runnable[Any, list[AIMessage]]:
     """A runnable that returns every one of the ``n`` replies (``invoke`` keeps the first)."""
     # stream=False: streaming=True streams single samples only; n replies are one call.
     kwargs = {**kwargs, "stream": False}
@@ -193,18 +190,19 @@ def _message(generation: Generation) -> AIMessage:
 
 
 def structured_output(
-    model: ChatBaco,
+    model: BaseChatModel,
     schema: object,
     *,
+    constraint: Constraint,
+    n: int,
     method: str,
     include_raw: bool,
     strict: bool | None,
     settings: Mapping[str, Any],
 ) -> Runnable[LanguageModelInput, Any]:
-    """The runnable of :meth:`ChatBaco.with_structured_output` (see there)."""
-    constraint = constraint_for(schema, method, strict)
+    """The runnable of :meth:`ChatBaco.with_structured_output` (see there): ``constraint``
+    is :func:`constraint_for` the schema, ``n`` the samples per call once ``settings`` apply."""
     bound: dict[str, Any] = {**settings, "constraint": constraint}
-    n = model.settings_for_call(bound).n  # every setting checked now; unknown names raise
     if schema is not None:
         # LangChain reports this to callbacks and tracers (on_chat_model_start's options).
         bound["ls_structured_output_format"] = {

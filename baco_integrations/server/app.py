@@ -69,18 +69,18 @@ class Service:
 
     def check_call(self, call: Call) -> None:
         """Refuse what the engine would refuse only once the call is queued or running."""
-        scheduler = self.engine.scheduler
+        load = self.engine.load()
         rows = len(call.prompts) * call.settings.n
-        if rows > scheduler.max_live_rows:
+        if rows > load.max_live_rows:
             raise bad_request(
                 f"{rows} rows (prompts x n) is more than the engine decodes at once "
-                f"({scheduler.max_live_rows}; EngineLimits.max_live_rows); lower n",
+                f"({load.max_live_rows}; EngineLimits.max_live_rows); lower n",
                 "n",
             )
         # A stream is submitted once its response has started; checked here, a full queue is
         # a 503 rather than an error event (a race past this check still gets the event).
-        if scheduler.waiting + len(call.prompts) > scheduler.max_waiting:
-            raise overloaded_now(self, scheduler.waiting)
+        if load.waiting + len(call.prompts) > load.max_waiting:
+            raise overloaded_now(self, load.waiting)
         # EngineLimits caps characters, not tokens: the server counts them (the engine then
         # tokenizes each prompt again when it prepares the call).
         for prompt in call.prompts:
@@ -103,7 +103,7 @@ class Service:
 def overloaded_now(service: Service, waiting: int) -> APIError:
     busy = EngineOverloaded(
         f"{waiting} requests are already waiting for this engine (EngineLimits.max_waiting="
-        f"{service.engine.scheduler.max_waiting}); retry later"
+        f"{service.engine.load().max_waiting}); retry later"
     )
     return overloaded(busy, service.config.retry_after_s)
 
@@ -147,12 +147,12 @@ def create_app(engine: BacoEngine, config: ServerConfig | None = None) -> FastAP
 def _add_routes(app: FastAPI, service: Service) -> None:
     @app.get("/health")
     async def health() -> dict[str, Any]:
-        scheduler = service.engine.scheduler
+        load = service.engine.load()
         return {
             "status": "ok",
             "model": service.model,
-            "live_rows": scheduler.live_rows,
-            "waiting": scheduler.waiting,
+            "live_rows": load.live_rows,
+            "waiting": load.waiting,
         }
 
     @app.get("/metrics")

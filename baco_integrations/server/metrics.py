@@ -77,11 +77,11 @@ class Metrics:
         )
         rate.set_function(self._tokens_per_second)
         live = Gauge("baco_live_rows", "Rows the engine is decoding now.", registry=r)
-        live.set_function(lambda: engine.scheduler.live_rows)
+        live.set_function(lambda: engine.load().live_rows)
         waiting = Gauge("baco_queue_depth", "Calls waiting to join the batch.", registry=r)
-        waiting.set_function(lambda: engine.scheduler.waiting)
+        waiting.set_function(lambda: engine.load().waiting)
         steps = Gauge("baco_engine_steps", "Decoding steps the engine has run.", registry=r)
-        steps.set_function(lambda: engine.scheduler.steps)
+        steps.set_function(lambda: engine.load().steps)
 
     def finished(self, outputs: Iterable[BacoOutput], prompt_tokens: int) -> None:
         """Count the tokens of a request's finished choices."""

@@ -137,7 +137,7 @@ class BacoReplica:
     def __del__(self) -> None:
         engine = getattr(self, "engine", None)
         if engine is not None:
-            engine.scheduler.shutdown()
+            engine.shutdown()
 
 
 def build(args: dict[str, Any] | RayServeArgs) -> Any:

@@ -45,7 +45,7 @@ def serve(engine: BacoEngine, config: ServerConfig) -> None:
     try:
         server.run()
     finally:
-        engine.scheduler.shutdown()  # whatever a forced exit left running
+        engine.shutdown()  # whatever a forced exit left running
 
 
 def config_from_args(args: argparse.Namespace) -> ServerConfig:

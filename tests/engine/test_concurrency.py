@@ -19,6 +19,7 @@ import torch
 from baco_integrations import BacoEngine, DecodingCancelled, EngineLimits, EngineOverloaded
 from baco_integrations.decoding import RunningBatch
 from baco_integrations.decoding.scheduler import THREAD_NAME
+from baco_integrations.runners import TransformersRunner
 from baco_integrations.testing import DecodingGate
 
 LONG = "Write a poem about the sea."
@@ -200,7 +201,10 @@ def test_two_hundred_cancelled_streams_leave_nothing_behind(any_engine: BacoEngi
     assert threading.active_count() == threads and _scheduler_threads() == 0
     batch = any_engine.scheduler.batch
     assert batch.empty and batch.requests == []
-    assert all(state.cache is None for state in batch.bridge.states)  # type: ignore[attr-defined]
+    for member in any_engine.pair.members:
+        runner = member.runner
+        assert isinstance(runner, TransformersRunner)
+        assert runner.rows == 0 and runner.cache is None
 
 
 def test_limits_queue_and_refuse(tiny_pair: Any) -> None:

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from baco_integrations import ROUTER_NAMES, BacoEngine
-from baco_integrations.decoding import TextModelState, encode_text
+from baco_integrations.decoding import ModelView, common_prefix, encode_text
+from baco_integrations.runners import TransformersRunner
 
 PROMPTS = ["Write a poem about the sea.", "Ideas for a coffee shop", "Why?"]
 
@@ -99,74 +100,78 @@ def test_lazy_equals_lock_step(cross_engine: BacoEngine, router: str) -> None:
 
 
 class _Recorder:
-    """Wraps TextModelState.sync / catch_up to check every re-tokenization and catch-up."""
+    """Spies on every re-tokenization (``ModelView.sync``) and every in-process catch-up
+    (``TransformersRunner._catch_up``) of a cross-family run."""
 
-    def __init__(self, monkeypatch: pytest.MonkeyPatch, prompt_ids: dict[int, list[int]]):
-        self.syncs: list[tuple[list[int], list[int], int, int, int]] = []
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.syncs: list[tuple[list[int], list[int], int, int]] = []
         self.checked_logits = 0
+        self.views: dict[int, ModelView] = {}  # by id(runner)
+        self.prompts: dict[int, list[list[int]]] = {}  # by id(runner): each row's prompt
         recorder = self
-        sync, catch_up = TextModelState.sync, TextModelState.catch_up
+        sync, catch_up = ModelView.sync, TransformersRunner._catch_up
+        add_rows, select = TransformersRunner.add_rows, TransformersRunner.select
+        release = TransformersRunner.release
 
-        def spy_sync(state: TextModelState, row: int, target: list[int]) -> None:
-            before = state.view(row)
-            cached = len(state.cached[row])
-            sync(state, row, target)
+        def spy_sync(view: ModelView, row: int, target: list[int]) -> None:
+            recorder.views[id(view.runner)] = view
+            before, reused, synced = list(view.rows[row]), view.reused_tokens, view.synced_tokens
+            sync(view, row, target)
             if before != target:
-                kept, ran = state.last_sync[1:]
-                recorder.syncs.append((before, target, cached, kept, ran))
+                kept, ran = view.reused_tokens - reused, view.synced_tokens - synced
+                recorder.syncs.append((before, target, kept, ran))
 
-        def spy_catch_up(state: TextModelState) -> None:
-            rows = [r for r, p in enumerate(state.pending) if p]
-            catch_up(state)
+        def spy_catch_up(runner: TransformersRunner) -> None:
+            rows = [r for r, p in enumerate(runner.pending) if p]
+            catch_up(runner)
+            view = recorder.views.get(id(runner))
+            if view is None:
+                return
             # each caught-up row's logits equal a fresh forward over prompt + its view
             for row in rows:
-                ids = prompt_ids[id(state)][row] + state.view(row)
+                ids = recorder.prompts[id(runner)][row] + view.rows[row]
                 with torch.inference_mode():
-                    ref = state.model(torch.tensor([ids])).logits[0, -1, : state.vocab_size]
-                torch.testing.assert_close(state._logits[row], ref.float(), atol=2e-4, rtol=1e-4)
+                    ref = runner.model(torch.tensor([ids])).logits[0, -1]
+                torch.testing.assert_close(runner._logits[row], ref.float(), atol=2e-4, rtol=1e-4)
                 recorder.checked_logits += 1
 
-        monkeypatch.setattr(TextModelState, "sync", spy_sync)
-        monkeypatch.setattr(TextModelState, "catch_up", spy_catch_up)
+        def spy_add_rows(runner, prompts, repeats, capacity):  # remember each row's prompt
+            rows = [list(p) for p, k in zip(prompts, repeats, strict=True) for _ in range(k)]
+            recorder.prompts[id(runner)] = recorder.prompts.get(id(runner), []) + rows
+            add_rows(runner, prompts, repeats, capacity)
+
+        def spy_select(runner, keep):  # finished rows leave: follow the prompts of the others
+            recorder.prompts[id(runner)] = [recorder.prompts[id(runner)][r] for r in keep]
+            select(runner, keep)
+
+        def spy_release(runner):
+            recorder.prompts.pop(id(runner), None)
+            release(runner)
+
+        monkeypatch.setattr(ModelView, "sync", spy_sync)
+        monkeypatch.setattr(TransformersRunner, "release", spy_release)
+        monkeypatch.setattr(TransformersRunner, "_catch_up", spy_catch_up)
+        monkeypatch.setattr(TransformersRunner, "add_rows", spy_add_rows)
+        monkeypatch.setattr(TransformersRunner, "select", spy_select)
 
 
 def test_retokenization_reuses_the_cache_and_loses_no_text(
     cross_engine: BacoEngine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    prompt_ids: dict[int, list[int]] = {}
-    prefill = TextModelState.prefill
-
-    def spy_prefill(state, prompts, repeats, capacity):  # remember each row's prompt
-        prompt_ids[id(state)] = [
-            list(p) for p, k in zip(prompts, repeats, strict=True) for _ in range(k)
-        ]
-        prefill(state, prompts, repeats, capacity)
-
-    select = TextModelState.select
-
-    def spy_select(state, keep):  # finished rows leave: follow the prompts of those that stay
-        prompt_ids[id(state)] = [prompt_ids[id(state)][r] for r in keep.tolist()]
-        select(state, keep)
-
-    monkeypatch.setattr(TextModelState, "prefill", spy_prefill)
-    monkeypatch.setattr(TextModelState, "select", spy_select)
-    recorder = _Recorder(monkeypatch, prompt_ids)
+    recorder = _Recorder(monkeypatch)
     outs = cross_engine.generate(
         PROMPTS, router="random", gamma=0.5, n=2, max_new_tokens=32, seed=2
     )
     stats = cross_engine.last_stats
     assert recorder.syncs and recorder.checked_logits
-    for before, target, cached, kept, ran in recorder.syncs:
-        common = 0
-        while common < min(len(before), len(target)) and before[common] == target[common]:
-            common += 1
-        # the cache is kept up to the longest common prefix and only the differing suffix
-        # runs (plus the last token when the new text ends inside the cache)
-        assert kept == min(common, cached, len(target) - 1)
+    for before, target, kept, ran in recorder.syncs:
+        # what the model had seen is kept up to the longest common prefix and only the
+        # differing suffix is sent (plus the last token when the new text ends inside it)
+        assert kept == min(common_prefix(before, target), len(target) - 1)
         assert ran == len(target) - kept
     assert stats.base_reused_tokens + stats.aligned_reused_tokens > 0
     assert (stats.base_synced_tokens + stats.aligned_synced_tokens) < sum(
-        len(t) for _, t, _, _, _ in recorder.syncs
+        len(t) for _, t, _, _ in recorder.syncs
     )
     for row in outs:
         for out in row:
@@ -175,22 +180,30 @@ def test_retokenization_reuses_the_cache_and_loses_no_text(
 
 def test_sync_keeps_the_longest_common_prefix(cross_engine: BacoEngine) -> None:
     """A direct check of one re-tokenization: 5 of 7 tokens match, so 2 run."""
-    state = TextModelState(cross_engine.pair.base, torch.device("cpu"))
-    state.prefill([[1, 2, 3]], [1], capacity=16)
+    model = cross_engine.base_model
+    runner = TransformersRunner(model, pad_id=0)
+    view = ModelView(runner)
+    view.add_rows([[1, 2, 3]], [1], capacity=16)
     for token in [10, 11, 12, 13, 14, 15]:
-        state.append(0, token)
-    state.catch_up()
-    state.sync(0, [10, 11, 12, 13, 14, 20, 21])
-    assert state.last_sync == (0, 5, 2)
-    assert state.pending[0] == [20, 21]
-    state.catch_up()
-    assert state.view(0) == [10, 11, 12, 13, 14, 20, 21]
+        view.append(0, token)
+    runner.distributions([0])
+    view.sync(0, [10, 11, 12, 13, 14, 20, 21])
+    assert (view.reused_tokens, view.synced_tokens) == (5, 2)
+    assert runner.pending[0] == [20, 21]
+    logits = runner.distributions([0]).logits
+    assert view.rows[0] == [10, 11, 12, 13, 14, 20, 21]
     with torch.inference_mode():
-        ref = state.model(torch.tensor([[1, 2, 3, 10, 11, 12, 13, 14, 20, 21]])).logits[0, -1]
-    torch.testing.assert_close(state._logits[0], ref[:512].float(), atol=2e-4, rtol=1e-4)
-    # a target that is a prefix of the cache re-runs only its last token
-    state.sync(0, [10, 11, 12])
-    assert state.last_sync == (0, 2, 1)
+        ref = model(torch.tensor([[1, 2, 3, 10, 11, 12, 13, 14, 20, 21]])).logits[0, -1]
+    torch.testing.assert_close(logits[0], ref.float(), atol=2e-4, rtol=1e-4)
+    # a target that is a prefix of what was seen re-runs only its last token
+    view.sync(0, [10, 11, 12])
+    assert (view.reused_tokens, view.synced_tokens) == (5 + 2, 2 + 1)
+    assert runner.pending[0] == [12]
+    logits = runner.distributions([0]).logits
+    with torch.inference_mode():
+        ref = model(torch.tensor([[1, 2, 3, 10, 11, 12]])).logits[0, -1]
+    torch.testing.assert_close(logits[0], ref.float(), atol=2e-4, rtol=1e-4)
+    runner.release()
 
 
 def test_stop_strings_cut_text_and_ids(cross_engine: BacoEngine) -> None:

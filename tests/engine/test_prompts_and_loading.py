@@ -10,7 +10,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from baco_integrations import BacoEngine, GenerationSettings, RouterConfig
 from baco_integrations.loading import resolve_dtype
-from baco_integrations.model_calls import cache_argument
+from baco_integrations.runners.model_calls import cache_argument
 
 
 def test_encode_prompts_uses_chat_template_and_plain_template(engine: BacoEngine) -> None:
