@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from transformers import (
     LogitsProcessorList,
@@ -52,12 +54,12 @@ class Sampler:
         no_ids = scores.new_empty((scores.shape[0], 0), dtype=torch.long)
         return self.warpers(no_ids, scores)
 
-    def draw(self, scores: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-        """One token id per row from (truncated) scores."""
+    def draw(self, scores: torch.Tensor, noise: Callable[[int], torch.Tensor]) -> torch.Tensor:
+        """One token id per row from (truncated) scores; ``noise(width)`` gives the rows'
+        Exp(1) draws (``[rows, width]``), asked for only when sampling."""
         if self.greedy:
             return scores.argmax(dim=-1)
         probs = torch.softmax(scores, dim=-1)
         # Exponential-race sampling (as in gpt-fast): argmax(p / E), E ~ Exp(1), is an exact
         # categorical draw that needs no host synchronisation.
-        noise = torch.empty_like(probs).exponential_(1.0, generator=generator)
-        return (probs / noise).argmax(dim=-1)
+        return (probs / noise(probs.shape[1])).argmax(dim=-1)

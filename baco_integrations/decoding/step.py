@@ -119,14 +119,10 @@ def _draw(
     randomness: RowRandomness,
 ) -> torch.Tensor:
     """A token for each of ``rows`` (batch indices in ``group``) from its row of ``scores``
-    (``[group rows, width]``): argmax when greedy, else an exponential race (gpt-fast):
-    argmax(p / E) with E ~ Exp(1) is an exact categorical draw with no host synchronisation."""
+    (``[group rows, width]``), with the rows' own random numbers."""
     local = [r - group.start for r in rows]
     picked = scores if len(local) == scores.shape[0] else scores[local]
-    if group.request.sampler.greedy:
-        return picked.argmax(dim=-1)
-    probs = torch.softmax(picked, dim=-1)
-    return (probs / randomness.exponential(rows, probs.shape[1])).argmax(dim=-1)
+    return group.request.sampler.draw(picked, lambda width: randomness.exponential(rows, width))
 
 
 class Step:
