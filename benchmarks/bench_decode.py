@@ -31,6 +31,7 @@ from pathlib import Path
 import torch
 
 from baco_integrations import BacoEngine
+from baco_integrations.decoding.pair import pad_id
 from baco_integrations.runners import CACHE_IMPLEMENTATIONS
 
 PROMPT = "Brainstorm names for a coffee shop."
@@ -118,7 +119,7 @@ def bench(
                         top_p=1.0,
                         max_new_tokens=tokens,
                         min_new_tokens=tokens,
-                        pad_token_id=engine.pair.aligned.pad_id,
+                        pad_token_id=pad_id(engine.aligned_tokenizer),
                         # the same kind of cache as BACO's (on CUDA, generate compiles its
                         # steps with a static cache, as BACO does with --compile)
                         cache_implementation=engine.cache_implementation,
