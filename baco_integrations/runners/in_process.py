@@ -209,8 +209,8 @@ class TransformersRunner(ModelRunner):
         width = max(len(p) for p in self.pending)
         if width == 0:
             return
-        uniform = all(len(p) == width for p in self.pending)
         ids, positions, ran = self._block(width)
+        uniform = len(ran) == len(self.pending) and all(len(p) == width for p in self.pending)
         step = self.compiled_step
         call = step if step is not None and width == 1 and uniform else self.model
         # A static cache takes the whole preallocated mask (one shape for every step) and is
@@ -244,6 +244,11 @@ class TransformersRunner(ModelRunner):
         with the mask's new slots set; returns the rows that run tokens."""
         self._reserve(width)
         rows = len(self.pending)
+        offsets = torch.arange(width)
+        if all(len(tokens) == width for tokens in self.pending):  # one tensor, no per-row work
+            self.mask[:, self.slots : self.slots + width] = 1
+            positions = torch.tensor(self.next_position)[:, None] + offsets
+            return torch.tensor(self.pending, dtype=torch.long), positions, list(range(rows))
         ids = torch.full((rows, width), self.pad_id, dtype=torch.long)
         positions = torch.zeros((rows, width), dtype=torch.long)
         ran: list[int] = []
@@ -253,7 +258,7 @@ class TransformersRunner(ModelRunner):
                 continue
             start = width - len(tokens)
             ids[row, start:] = torch.tensor(tokens, dtype=torch.long)
-            positions[row, start:] = torch.arange(len(tokens)) + self.next_position[row]
+            positions[row, start:] = offsets[: len(tokens)] + self.next_position[row]
             self.mask[row, self.slots + start : self.slots + width] = 1
             ran.append(row)
         return ids, positions, ran
