@@ -49,6 +49,7 @@ from .runners import (
     ModelRunner,
     TransformersRunner,
 )
+from .runners.remote import Endpoint, EndpointRunner
 
 __all__ = ["BacoEngine", "CacheImplementation", "DecodeStats", "DecodingCancelled"]
 
@@ -70,6 +71,29 @@ def _check_options(cache_implementation: object, compile: object, shares_tokeniz
             "cross-family pair re-tokenizes text into caches of varying length, so use "
             "cache_implementation='dynamic'"
         )
+
+
+def _endpoint(name: str, spec: object) -> Endpoint:
+    if isinstance(spec, Endpoint):
+        return spec
+    if isinstance(spec, str):
+        return Endpoint(url=spec)
+    if isinstance(spec, Mapping):
+        return Endpoint.model_validate(dict(spec))
+    raise ValueError(
+        f"{name} must be a base URL (str), an Endpoint or a mapping of Endpoint settings, "
+        f"got {type(spec).__name__}"
+    )
+
+
+def _tokenizer(name: str, spec: object) -> PreTrainedTokenizerBase:
+    if isinstance(spec, PreTrainedTokenizerBase):
+        return spec
+    if isinstance(spec, str | os.PathLike):
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(spec)
+    raise ValueError(f"{name} must be a hub id, a folder or a tokenizer, got {type(spec).__name__}")
 
 
 class BacoEngine:
@@ -153,6 +177,46 @@ class BacoEngine:
             Pair.build(base, aligned, base_tokenizer, aligned_tokenizer or base_tokenizer), limits
         )
         return engine
+
+    @classmethod
+    def from_endpoints(
+        cls,
+        base: str | Endpoint | Mapping[str, Any],
+        aligned: str | Endpoint | Mapping[str, Any],
+        *,
+        base_tokenizer: str | os.PathLike[str] | PreTrainedTokenizerBase,
+        aligned_tokenizer: str | os.PathLike[str] | PreTrainedTokenizerBase,
+        limits: EngineLimits | None = None,
+    ) -> BacoEngine:
+        """An engine over two models served elsewhere: OpenAI-compatible ``/v1/completions``
+        endpoints that return log-probs (llama.cpp's ``llama-server``, vLLM, SGLang).
+
+        ``base`` and ``aligned`` are base URLs (``"http://127.0.0.1:8080/v1"``) or
+        :class:`~baco_integrations.runners.Endpoint` settings (a model name to send, an API
+        key, a timeout, how many log-probs to ask for). Each model's tokenizer is loaded here
+        (hub id or folder, or a tokenizer object) so that word boundaries are exact; it must be
+        the tokenizer the endpoint serves. See docs/remote.md.
+        """
+        specs = [
+            (_endpoint(name, spec), _tokenizer(f"{name}_tokenizer", tokenizer))
+            for name, spec, tokenizer in (
+                ("base", base, base_tokenizer),
+                ("aligned", aligned, aligned_tokenizer),
+            )
+        ]  # every setting checked before any connection
+        base_runner = EndpointRunner(*specs[0])
+        try:
+            aligned_runner = EndpointRunner(*specs[1])
+        except BaseException:
+            base_runner.close()
+            raise
+        return cls.from_runners(
+            base_runner,
+            aligned_runner,
+            base_runner.tokenizer,
+            aligned_runner.tokenizer,
+            limits=limits,
+        )
 
     @classmethod
     def from_pretrained(
