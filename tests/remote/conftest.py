@@ -13,20 +13,16 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
-import time
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import pytest
 
 from baco_integrations.offline import OfflinePair, default_cache_dir, offline_pair
 
 LLAMA_SERVER_VERSION = "11434.0.0"
-#: Seconds a server may take to load its model before the fixture gives up (a bound, not an
-#: assumption: readiness is read from /health).
-STARTUP_LIMIT_S = 300
 
 
 def llama_server_binary() -> Path | None:
@@ -56,19 +52,14 @@ def start_server(binary: Path, gguf: Path, slots: int = 4) -> RunningServer:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )  # fmt: skip
-    deadline = time.monotonic() + STARTUP_LIMIT_S
-    while True:
-        if process.poll() is not None:
-            raise RuntimeError(f"llama-server exited: {process.stderr.read().decode()[-2000:]}")  # type: ignore[union-attr]
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=5).status_code == 200:
-                return RunningServer(f"http://127.0.0.1:{port}/v1", process, gguf)
-        except httpx.TransportError:
-            pass
-        if time.monotonic() > deadline:
-            process.kill()
-            raise RuntimeError(f"llama-server did not become ready in {STARTUP_LIMIT_S} s")
-        time.sleep(0.2)  # polling /health: the verdict reads readiness, not elapsed time
+    # Ready when it logs that its slots are idle (the model is loaded): read from its log, an
+    # event, not from elapsed time. A server that exits first fails the fixture.
+    assert process.stderr is not None
+    for raw in process.stderr:
+        if b"all slots are idle" in raw:
+            threading.Thread(target=process.stderr.read, daemon=True).start()  # drain the pipe
+            return RunningServer(f"http://127.0.0.1:{port}/v1", process, gguf)
+    raise RuntimeError(f"llama-server exited before it was ready (status {process.wait()})")
 
 
 def stop_server(server: RunningServer) -> None:
