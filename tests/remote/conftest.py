@@ -52,11 +52,11 @@ def start_server(binary: Path, gguf: Path, slots: int = 4) -> RunningServer:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )  # fmt: skip
-    # Ready when it logs that its slots are idle (the model is loaded): read from its log, an
+    # Ready when it logs that it listens (it does so once the model is loaded): read from its log, an
     # event, not from elapsed time. A server that exits first fails the fixture.
     assert process.stderr is not None
     for raw in process.stderr:
-        if b"all slots are idle" in raw:
+        if b"listening on http" in raw:
             threading.Thread(target=process.stderr.read, daemon=True).start()  # drain the pipe
             return RunningServer(f"http://127.0.0.1:{port}/v1", process, gguf)
     raise RuntimeError(f"llama-server exited before it was ready (status {process.wait()})")
