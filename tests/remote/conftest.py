@@ -52,8 +52,8 @@ def start_server(binary: Path, gguf: Path, slots: int = 4) -> RunningServer:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )  # fmt: skip
-    # Ready when it logs that it listens (it does so once the model is loaded): read from its log, an
-    # event, not from elapsed time. A server that exits first fails the fixture.
+    # Ready when its log says it listens (after the model loaded): an event, not elapsed time.
+    # A server that exits first fails the fixture.
     assert process.stderr is not None
     for raw in process.stderr:
         if b"listening on http" in raw:
