@@ -323,8 +323,13 @@ class BacoEngine:
         return self.scheduler.load()
 
     def shutdown(self, timeout: float | None = 30.0) -> bool:
-        """Cancel every call and wait for the decoding thread to end; True if it did."""
-        return self.scheduler.shutdown(timeout)
+        """Cancel every call, wait for the decoding thread to end (True if it did) and close
+        the runners (a remote runner's connections and thread)."""
+        ended = self.scheduler.shutdown(timeout)
+        if ended:
+            for member in self.pair.members:
+                member.runner.close()
+        return ended
 
     # ----------------------------------------------------------------- prompts
 

@@ -21,8 +21,10 @@ from collections.abc import Sequence
 import torch
 
 from ..detokenize import IncrementalDetokenizer
+from ..runners import RowSettings
 from .encoding import encode_text
 from .pair import SOURCE_IDS, SOURCE_NAMES, Pair
+from .randomness import row_seed
 from .request import DecodeStats, Request
 from .samples import SampleRecord, TextSample, TokenSample
 from .views import ModelView
@@ -64,18 +66,20 @@ class Bridge(ABC):
 
     def distributions(
         self, source: int, rows: Sequence[int], writers: Sequence[int]
-    ) -> torch.Tensor:
+    ) -> tuple[torch.Tensor, list[int] | None]:
         """``[rows, width]`` next-token logits of ``source`` on the pair's device, current for
-        ``rows`` (ids past its vocabulary are ``-inf``)."""
+        ``rows`` (ids past its vocabulary are ``-inf``), and the tokens its engine drew for
+        the rows when it samples itself (``Distributions.proposals``, -1: none)."""
         self._bring_up_to_date(source, rows, writers)
         member = self.pair.members[source]
-        logits = member.runner.distributions(rows).logits[:, : member.vocab_size]
-        logits = logits.to(self.pair.device)
-        if logits.shape[1] == self.pair.width:
-            return logits
-        return torch.nn.functional.pad(
-            logits, (0, self.pair.width - logits.shape[1]), value=float("-inf")
-        )
+        scores = member.runner.distributions(rows)
+        proposals = None if scores.proposals is None else scores.proposals.tolist()
+        logits = scores.logits[:, : member.vocab_size].to(self.pair.device)
+        if logits.shape[1] != self.pair.width:
+            logits = torch.nn.functional.pad(
+                logits, (0, self.pair.width - logits.shape[1]), value=float("-inf")
+            )
+        return logits, proposals
 
     def view(self, source: int, row: int) -> Sequence[int]:
         """The row's response as ``source`` sees it (its own token ids)."""
@@ -86,12 +90,13 @@ class Bridge(ABC):
         fails, the first gives its new rows back: the running rows stay as they were."""
         repeats = [r.n for r in requests for _ in r.prompts]
         capacity = max(r.max_steps for r in requests)
+        sampling = [_row_settings(r, s.sample_index) for r in requests for s in r.samples]
         joined: list[tuple[ModelView, int]] = []
         try:
             for source, view in zip(SOURCE_IDS, self.views, strict=True):
                 before = len(view.rows)
                 prompts = [ids for r in requests for ids in r.prompt_ids[source]]
-                view.add_rows(prompts, repeats, capacity)
+                view.add_rows(prompts, repeats, capacity, sampling)
                 joined.append((view, before))
         except BaseException:
             for view, before in joined:
@@ -122,6 +127,21 @@ class Bridge(ABC):
             setattr(stats, f"{name}_synced_tokens", view.synced_tokens)
             setattr(stats, f"{name}_reused_tokens", view.reused_tokens)
         return stats
+
+
+def _row_settings(request: Request, sample_index: int) -> RowSettings:
+    """What a runner may know of one of ``request``'s rows: its sampling settings, with the
+    sample's own seed, and whether its call was cancelled."""
+    settings = request.settings
+    seed = None if settings.seed is None else row_seed(settings.seed, sample_index)
+    return RowSettings(
+        settings.temperature,
+        settings.top_k,
+        settings.top_p,
+        settings.min_p,
+        seed,
+        abandoned=request.abandoned,
+    )
 
 
 class TokenBridge(Bridge):

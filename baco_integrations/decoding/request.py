@@ -85,6 +85,9 @@ class Request:
     error: BaseException | None = None
     #: Grammar matchers of a constrained call (``settings.constraint``), per sample and model.
     matchers: Matchers | None = None
+    #: True once the caller gave the call up (the scheduler sets it from its ticket); a
+    #: remote runner reads it to stop waiting on the call's in-flight HTTP requests.
+    abandoned: Callable[[], bool] = field(default=lambda: False)
 
     def __post_init__(self) -> None:
         settings = self.settings

@@ -125,6 +125,7 @@ class Scheduler:
                 f"(EngineLimits.max_live_rows={self.max_live_rows}); lower n or split the call"
             )
         ticket = Ticket(request, listener, cancel)
+        request.abandoned = lambda: ticket.wants_out
         with self._lock:
             if len(self._waiting) >= self.max_waiting:
                 raise EngineOverloaded(
@@ -254,7 +255,10 @@ class Scheduler:
         try:
             changed = self.batch.step()
         except RequestFailed as failure:
-            self._leave(self._live[id(failure.request)], failure.error)
+            ticket = self._live[id(failure.request)]
+            # A runner that stopped waiting for a cancelled call fails it: say it was cancelled.
+            cancelled = DecodingCancelled("the call was cancelled")
+            self._leave(ticket, cancelled if ticket.wants_out else failure.error)
             return
         except Exception as error:  # nothing says whose: every live request fails
             for ticket in list(self._live.values()):

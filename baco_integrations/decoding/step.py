@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 
 from ..routers import RouterInputs, checked_choice
+from ..runners import RowsFailed
 from .bridge import Bridge
 from .pair import ALIGNED, BASE, NO_SOURCE, Pair
 from .randomness import RowRandomness
@@ -58,11 +59,20 @@ class StepScores:
     A constrained request's grammar masks its logits first, so routers and draws read the
     same masked distributions."""
 
-    def __init__(self, bridge: Bridge, rows: Sequence[SampleRecord], writers: list[int]) -> None:
+    def __init__(
+        self,
+        bridge: Bridge,
+        rows: Sequence[SampleRecord],
+        writers: list[int],
+        groups: Sequence[Group],
+    ) -> None:
         self.bridge = bridge
         self.rows = rows
         self.writers = writers
+        self.groups = groups
         self.logits: dict[int, torch.Tensor] = {}
+        #: Per source, the token its engine drew for each row (-1: none; runners that sample).
+        self.proposals: dict[int, list[int]] = {}
         self.ready: tuple[set[int], set[int]] = (set(), set())
         self._cache: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
 
@@ -73,7 +83,15 @@ class StepScores:
             missing = [r for r in rows if r not in self.ready[source]]
             if not missing:
                 continue
-            self.logits[source] = self.bridge.distributions(source, missing, self.writers)
+            try:
+                logits, proposals = self.bridge.distributions(source, missing, self.writers)
+            except RowsFailed as failed:  # a remote engine failed for some rows: their request
+                row, error = next(iter(failed.errors.items()))
+                group = next(g for g in self.groups if g.start <= row < g.stop)
+                raise RequestFailed(group.request, error) from error
+            self.logits[source] = logits
+            if proposals is not None:
+                self.proposals[source] = proposals
             self.ready[source].update(missing)
             for key in [k for k in self._cache if k[1] == source]:
                 del self._cache[key]
@@ -94,6 +112,12 @@ class StepScores:
             return logits
         views = [self.bridge.view(source, row) for row in range(group.start, group.stop)]
         return matchers.apply(source, logits, self.rows[group.slice], views)
+
+    def proposal(self, group: Group, source: int, row: int) -> int:
+        """The token ``source``'s engine drew for ``row`` (-1: none, or a constrained request,
+        whose grammar the engine does not know)."""
+        drawn = self.proposals.get(source)
+        return -1 if drawn is None or group.request.matchers is not None else drawn[row]
 
     def tempered(self, group: Group, source: int) -> torch.Tensor:
         return self._get(group, source)[0]
@@ -149,15 +173,19 @@ class Step:
         self.pair, self.groups = pair, groups
         self.writers, self.writers_host = writers, writers_host
         self.randomness, self.continuation = randomness, continuation
-        self.scores = StepScores(bridge, rows, writers_host)
+        self.scores = StepScores(bridge, rows, writers_host, groups)
 
     def run(self) -> tuple[torch.Tensor, torch.Tensor]:
         """``(tokens, sources)``, one per row."""
         # A model that runs for its rows' proposals brings every row up to date in the same
         # work (across families, a row another model wrote is re-tokenized into it): extra
-        # rows in a forward are cheap, another forward is not.
+        # rows in a forward are cheap, another forward is not. A remote model pays per row.
         every_row = list(range(len(self.writers_host)))
-        self.scores.fetch({w: every_row for w in set(self.writers_host) if w != NO_SOURCE})
+        needs = {}
+        for w in set(self.writers_host) - {NO_SOURCE}:
+            cheap = self.pair.members[w].runner.cheap_extra_rows
+            needs[w] = every_row if cheap else [r for r in every_row if self.writers_host[r] == w]
+        self.scores.fetch(needs)
         stay = self._proposals()
         has_writer = self.writers != NO_SOURCE
         continues = self.continuation[self.writers.clamp_min(0), stay] & has_writer
@@ -181,6 +209,9 @@ class Step:
                 )
                 index = torch.tensor(rows, device=stay.device)
                 stay[index] = _draw(group, scores, rows, self.randomness)
+                for row in rows:  # a model that samples itself: its engine's draw
+                    if (token := self.scores.proposal(group, self.writers_host[row], row)) >= 0:
+                        stay[row] = token
         return stay
 
     def _router_needs(self, boundary: list[bool]) -> dict[int, list[int]]:
@@ -261,4 +292,21 @@ class Step:
             if rows := [r for r in rows if drawable_host[r - group.start]]:
                 index = torch.tensor(rows, device=fresh.device)
                 fresh[index] = _draw(group, scores, rows, self.randomness)
+                self._take_proposals(group, rows, want_host, fresh)
         return fresh, switch
+
+    def _take_proposals(
+        self, group: Group, rows: list[int], want_host: list[int], fresh: torch.Tensor
+    ) -> None:
+        """An incoming model that samples itself writes its engine's draw when that token
+        starts a new word (else the local draw above, within its top-k, stands)."""
+        for row in rows:
+            source = want_host[row]
+            token = self.scores.proposal(group, source, row)
+            if token < 0:
+                continue
+            continues = self.writers_host[row] != NO_SOURCE and bool(
+                self.continuation[source, token]
+            )
+            if not continues:
+                fresh[row] = token

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from ..runners import ModelRunner
+from ..runners import ModelRunner, RowSettings
 
 
 def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
@@ -35,10 +35,16 @@ class ModelView:
         self.synced_tokens = 0
         self.reused_tokens = 0
 
-    def add_rows(self, prompts: Sequence[list[int]], repeats: Sequence[int], capacity: int) -> None:
+    def add_rows(
+        self,
+        prompts: Sequence[list[int]],
+        repeats: Sequence[int],
+        capacity: int,
+        sampling: Sequence[RowSettings] | None = None,
+    ) -> None:
         """New rows after the current ones, with empty responses (see
         :meth:`ModelRunner.add_rows`)."""
-        self.runner.add_rows(prompts, repeats, capacity)
+        self.runner.add_rows(prompts, repeats, capacity, sampling)
         self.rows.extend([] for _ in range(sum(repeats)))
 
     def append(self, row: int, token: int) -> None:

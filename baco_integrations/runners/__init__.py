@@ -5,13 +5,21 @@ runner per model for next-token distributions and never runs a model itself.
   :class:`Distributions`, :class:`RunnerCounters`.
 * :mod:`.in_process` — :class:`TransformersRunner`: a transformers model in this process, its
   KV cache over the batch's rows (dynamic or static, optionally compiled).
+* :mod:`.remote` — :class:`~.remote.EndpointRunner`: a model behind an OpenAI-compatible
+  ``/v1/completions`` endpoint (llama.cpp, vLLM, SGLang), drafting runs of tokens.
 * :mod:`.kv_cache`, :mod:`.model_calls` — what the in-process runner needs of transformers.
 
-A new backend (a remote engine, a llama.cpp binding) is one more runner here; see
-docs/architecture.md.
+A new backend is one more runner here; see docs/architecture.md.
 """
 
-from .base import Distributions, ModelFacts, ModelRunner, RunnerCounters
+from .base import (
+    Distributions,
+    ModelFacts,
+    ModelRunner,
+    RowSettings,
+    RowsFailed,
+    RunnerCounters,
+)
 from .in_process import (
     CACHE_IMPLEMENTATIONS,
     CacheImplementation,
@@ -26,6 +34,8 @@ __all__ = [
     "Distributions",
     "ModelFacts",
     "ModelRunner",
+    "RowSettings",
+    "RowsFailed",
     "RunnerCounters",
     "TransformersRunner",
     "compile_config",

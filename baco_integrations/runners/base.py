@@ -14,7 +14,7 @@ Rows are indexed ``0..rows-1`` in the order they were added; ``select`` renumber
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -45,6 +45,37 @@ class RunnerCounters:
     forward_tokens: int = 0
 
 
+def _never() -> bool:
+    return False
+
+
+@dataclass(frozen=True)
+class RowSettings:
+    """What a runner may know of a row's call: how its tokens are drawn (the request's
+    settings, the sample's own seed) and whether the call was given up. A runner whose engine
+    samples (a remote one) drafts with them and stops waiting for a row whose call was
+    cancelled; an in-process runner needs neither."""
+
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    min_p: float = 0.0
+    #: The sample's seed (None: unseeded).
+    seed: int | None = None
+    #: True once the row's call was cancelled (read from any thread).
+    abandoned: Callable[[], bool] = _never
+
+
+class RowsFailed(RuntimeError):
+    """Some rows' distributions could not be had (a remote engine failed for them); the
+    runner kept what it got for the others. ``errors`` maps row index to its error."""
+
+    def __init__(self, errors: dict[int, BaseException]) -> None:
+        first = next(iter(errors.values()))
+        super().__init__(str(first))
+        self.errors = errors
+
+
 @dataclass(frozen=True)
 class Distributions:
     """Next-token scores of a runner's rows, ``[rows, vocab_size]`` float32 logits.
@@ -54,10 +85,15 @@ class Distributions:
     ``rest_mass``; a full distribution has ``rest_mass=None``. The loop samples and routes
     within the entries it is given, so a top-k distribution is renormalised over its k
     tokens (``docs/architecture.md``).
+
+    A runner whose engine samples gives, per row, the token that engine drew at this position
+    with the row's :class:`RowSettings` in ``proposals`` (-1: none); the loop takes it as the
+    row's token when that model writes (docs/remote.md).
     """
 
     logits: torch.Tensor
     rest_mass: torch.Tensor | None = None
+    proposals: torch.Tensor | None = None
 
     @classmethod
     def from_top_k(
@@ -89,11 +125,23 @@ class ModelRunner(ABC):
         runner that says no is given new rows only when it holds none."""
         return True
 
+    @property
+    def cheap_extra_rows(self) -> bool:
+        """Whether bringing more rows up to date than asked costs (almost) nothing, as in one
+        batched forward; a remote runner pays a request per row and says no."""
+        return True
+
     @abstractmethod
-    def add_rows(self, prompts: Sequence[list[int]], repeats: Sequence[int], capacity: int) -> None:
+    def add_rows(
+        self,
+        prompts: Sequence[list[int]],
+        repeats: Sequence[int],
+        capacity: int,
+        sampling: Sequence[RowSettings] | None = None,
+    ) -> None:
         """Add rows after the current ones: prompt ``i`` (token ids) serves ``repeats[i]``
-        rows (its samples), whose distributions are then ready without another call.
-        ``capacity`` is the most tokens any of them will add. On failure no row is added."""
+        rows (its samples). ``capacity`` is the most tokens any of them will add;
+        ``sampling`` is each new row's (one per row). On failure no row is added."""
 
     @abstractmethod
     def append(self, row: int, tokens: Sequence[int]) -> None:
@@ -107,7 +155,9 @@ class ModelRunner(ABC):
     @abstractmethod
     def distributions(self, rows: Sequence[int]) -> Distributions:
         """Scores for every row, current for ``rows`` (others may be stale and must not be
-        read). The runner may bring other rows up to date in the same work."""
+        read). The runner may bring other rows up to date in the same work. A runner that
+        fails for some rows only raises :class:`RowsFailed` (the loop fails their requests
+        alone and asks again for the others)."""
 
     @abstractmethod
     def select(self, keep: Sequence[int]) -> None:
@@ -116,6 +166,11 @@ class ModelRunner(ABC):
     @abstractmethod
     def release(self) -> None:
         """Drop every row and what it holds (caches) now."""
+
+    def close(self) -> None:
+        """Drop the rows and whatever else the runner holds (connections, threads); the
+        engine's ``shutdown`` calls it. A closed runner takes new rows again."""
+        self.release()
 
     @abstractmethod
     def counters(self) -> RunnerCounters:

@@ -18,7 +18,7 @@ from typing import Any, Literal, get_args
 import torch
 from transformers import Cache, CompileConfig, DynamicCache, PreTrainedModel, StaticCache
 
-from .base import Distributions, ModelFacts, ModelRunner, RunnerCounters
+from .base import Distributions, ModelFacts, ModelRunner, RowSettings, RunnerCounters
 from .kv_cache import concat_rows, merge_masks, select_rows
 from .model_calls import cache_argument, input_device, run_prompts
 
@@ -121,7 +121,14 @@ class TransformersRunner(ModelRunner):
     # ------------------------------------------------------------- rows joining
 
     @torch.inference_mode()
-    def add_rows(self, prompts: Sequence[list[int]], repeats: Sequence[int], capacity: int) -> None:
+    def add_rows(
+        self,
+        prompts: Sequence[list[int]],
+        repeats: Sequence[int],
+        capacity: int,
+        sampling: Sequence[RowSettings] | None = None,
+    ) -> None:
+        # ``sampling`` is unused: the loop draws from this runner's full distributions.
         if self.cache is None:
             self._prefill(prompts, repeats, capacity)
             return

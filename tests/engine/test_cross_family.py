@@ -135,10 +135,10 @@ class _Recorder:
                 torch.testing.assert_close(runner._logits[row], ref.float(), atol=2e-4, rtol=1e-4)
                 recorder.checked_logits += 1
 
-        def spy_add_rows(runner, prompts, repeats, capacity):  # remember each row's prompt
+        def spy_add_rows(runner, prompts, repeats, capacity, sampling=None):  # each row's prompt
             rows = [list(p) for p, k in zip(prompts, repeats, strict=True) for _ in range(k)]
             recorder.prompts[id(runner)] = recorder.prompts.get(id(runner), []) + rows
-            add_rows(runner, prompts, repeats, capacity)
+            add_rows(runner, prompts, repeats, capacity, sampling)
 
         def spy_select(runner, keep):  # finished rows leave: follow the prompts of the others
             recorder.prompts[id(runner)] = [recorder.prompts[id(runner)][r] for r in keep]

@@ -46,7 +46,9 @@ class TableRunner(ModelRunner):
     def rows(self) -> int:
         return len(self.tokens)
 
-    def add_rows(self, prompts: Sequence[list[int]], repeats: Sequence[int], capacity: int) -> None:
+    def add_rows(
+        self, prompts: Sequence[list[int]], repeats: Sequence[int], capacity: int, sampling=None
+    ) -> None:
         added = [list(p) for p, k in zip(prompts, repeats, strict=True) for _ in range(k)]
         self.tokens += added
         self.prompt_length += [len(p) for p in added]
