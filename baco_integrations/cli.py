@@ -117,6 +117,20 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
     p.add_argument("--base", help="base model: hub id, directory or GGUF file")
     p.add_argument("--aligned", help="aligned model: hub id, directory or GGUF file")
+    p.add_argument(
+        "--base-url",
+        help="serve in front of engines instead: the base model's OpenAI-compatible API, "
+        "e.g. http://127.0.0.1:8081/v1 (llama-server, vLLM, SGLang; docs/remote.md)",
+    )
+    p.add_argument("--aligned-url", help="the aligned model's API (with --base-url)")
+    p.add_argument("--base-tokenizer", help="with --base-url: its tokenizer (hub id or folder)")
+    p.add_argument("--aligned-tokenizer", help="with --aligned-url: its tokenizer")
+    p.add_argument(
+        "--base-api-key", help="with --base-url: its key (default: $BACO_BASE_API_KEY)"
+    )
+    p.add_argument(
+        "--aligned-api-key", help="with --aligned-url: its key (default: $BACO_ALIGNED_API_KEY)"
+    )
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000, help="TCP port (default: 8000)")
     p.add_argument(
@@ -319,6 +333,13 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     if args.replicas < 1:
         print("baco: error: --replicas must be at least 1", file=sys.stderr)
+        return EXIT_USAGE
+    if args.ray and args.base_url is not None:
+        print(
+            "baco: error: --ray replicates a pair loaded here; in front of endpoints, scale the "
+            "engines themselves and run one BACO server (docs/remote.md)",
+            file=sys.stderr,
+        )
         return EXIT_USAGE
     try:
         if args.ray:

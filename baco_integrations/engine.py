@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from pathlib import Path
 import queue
 import threading
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
@@ -92,8 +93,13 @@ def _tokenizer(name: str, spec: object) -> PreTrainedTokenizerBase:
     if isinstance(spec, str | os.PathLike):
         from transformers import AutoTokenizer
 
+        path = Path(spec)
+        if path.suffix == ".gguf" and path.is_file():  # the file a llama.cpp server serves
+            return AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
         return AutoTokenizer.from_pretrained(spec)
-    raise ValueError(f"{name} must be a hub id, a folder or a tokenizer, got {type(spec).__name__}")
+    raise ValueError(
+        f"{name} must be a hub id, a folder, a GGUF file or a tokenizer, got {type(spec).__name__}"
+    )
 
 
 class BacoEngine:
@@ -485,6 +491,8 @@ class BacoEngine:
         model, the step budget fitted to the context window."""
         batch = normalize_prompts(prompts)
         self.limits.check_call(batch, settings)  # sizes, before tokenizing or allocating
+        if settings.constraint is not None:
+            self._check_constrainable()
         prompt_ids = (
             [
                 aligned_ids(
@@ -511,6 +519,18 @@ class BacoEngine:
         if settings.constraint is not None:
             request.matchers = SampleMatchers(settings.constraint, self.pair, request.samples)
         return request
+
+    def _check_constrainable(self) -> None:
+        """A grammar masks each model's whole next-token distribution; a runner that gives
+        only its top-k (a remote endpoint) cannot be constrained exactly, so it is refused."""
+        for member in self.pair.members:
+            if not member.runner.full_distributions:
+                raise ValueError(
+                    f"constraint: structured output needs the {member.name} model's whole "
+                    f"next-token distribution, and {member.runner!r} gives only its top-k "
+                    "log-probs, so the grammar could not be applied exactly; use an in-process "
+                    "pair (BacoEngine.from_pretrained) for structured output"
+                )
 
     def _step_budget(self, prompt_ids: tuple[list[list[int]], ...], max_new_tokens: int) -> int:
         longest = max(len(ids) for per_model in prompt_ids for ids in per_model)

@@ -126,6 +126,12 @@ class ModelRunner(ABC):
         return True
 
     @property
+    def full_distributions(self) -> bool:
+        """Whether distributions score every token (a grammar can mask them exactly); a
+        backend that returns its top-k only says no."""
+        return True
+
+    @property
     def cheap_extra_rows(self) -> bool:
         """Whether bringing more rows up to date than asked costs (almost) nothing, as in one
         batched forward; a remote runner pays a request per row and says no."""

@@ -200,6 +200,10 @@ class EndpointRunner(ModelRunner):
     def cheap_extra_rows(self) -> bool:
         return False  # every row is a request
 
+    @property
+    def full_distributions(self) -> bool:
+        return False  # the top-k log-probs
+
     def counters(self) -> RunnerCounters:
         return RunnerCounters(forward_passes=self.requests, forward_tokens=self.tokens_sent)
 

@@ -67,6 +67,12 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
     return ServerConfig.model_validate({k: v for k, v in values.items() if v is not None})
 
 
+#: ``baco serve`` options that only a pair loaded here takes (not one over endpoints).
+_LOCAL_OPTIONS = ("base", "aligned", "base_gguf_file", "aligned_gguf_file")
+#: ``baco serve`` options that only a pair over endpoints takes.
+_REMOTE_OPTIONS = ("base_tokenizer", "aligned_tokenizer", "base_api_key", "aligned_api_key")
+
+
 def engine_from_args(args: argparse.Namespace) -> tuple[BacoEngine, str]:
     """The engine ``baco serve`` serves and its default model name."""
     limits = EngineLimits.model_validate(
@@ -76,6 +82,8 @@ def engine_from_args(args: argparse.Namespace) -> tuple[BacoEngine, str]:
             if (value := getattr(args, name)) is not None
         }
     )
+    if getattr(args, "base_url", None) is not None:
+        return _engine_over_endpoints(args, limits)
     if args.base is None:
         from ..offline import converted_pair
 
@@ -97,10 +105,54 @@ def engine_from_args(args: argparse.Namespace) -> tuple[BacoEngine, str]:
     return engine, name
 
 
-def serve_command(args: argparse.Namespace) -> int:
-    """``baco serve``: check the options, load the pair, serve until interrupted."""
+def _engine_over_endpoints(
+    args: argparse.Namespace, limits: EngineLimits
+) -> tuple[BacoEngine, str]:
+    """``baco serve --base-url URL --aligned-url URL``: BACO in front of two engines."""
+    from ..runners.remote import Endpoint
+
+    endpoints = [
+        Endpoint(
+            url=url,
+            api_key=key or os.environ.get(f"BACO_{side.upper()}_API_KEY") or None,
+        )
+        for side, url, key in (
+            ("base", args.base_url, args.base_api_key),
+            ("aligned", args.aligned_url, args.aligned_api_key),
+        )
+    ]
+    print(f"baco: connecting to {args.base_url} and {args.aligned_url} ...", file=sys.stderr)
+    engine = BacoEngine.from_endpoints(
+        endpoints[0],
+        endpoints[1],
+        base_tokenizer=args.base_tokenizer,
+        aligned_tokenizer=args.aligned_tokenizer,
+        limits=limits,
+    )
+    names = [member.runner.facts.name for member in engine.pair.members]
+    return engine, f"baco:{names[0]}+{names[1]}"
+
+
+def _check_pair_options(args: argparse.Namespace) -> None:
+    """A pair is loaded here (``--base``/``--aligned`` or the offline pair) or reached over
+    HTTP (``--base-url``/``--aligned-url`` with both tokenizers); not a mix."""
+    remote = [getattr(args, name, None) for name in ("base_url", "aligned_url")]
+    if any(value is not None for value in remote):
+        needed = ("base_url", "aligned_url", "base_tokenizer", "aligned_tokenizer")
+        if missing := [f"--{n.replace('_', '-')}" for n in needed if getattr(args, n) is None]:
+            raise ValueError(f"serving over endpoints needs {', '.join(missing)} too")
+        if mixed := [f"--{n.replace('_', '-')}" for n in _LOCAL_OPTIONS if getattr(args, n)]:
+            raise ValueError(f"{', '.join(mixed)} load a pair here; not with --base-url")
+        return
+    if given := [f"--{n.replace('_', '-')}" for n in _REMOTE_OPTIONS if getattr(args, n, None)]:
+        raise ValueError(f"{', '.join(given)} need --base-url and --aligned-url")
     if (args.base is None) != (args.aligned is None):
         raise ValueError("give both --base and --aligned, or neither (the offline pair)")
+
+
+def serve_command(args: argparse.Namespace) -> int:
+    """``baco serve``: check the options, load the pair, serve until interrupted."""
+    _check_pair_options(args)
     config = config_from_args(args)
     if config.api_key is None and not _is_loopback(config.host):
         print(

@@ -286,3 +286,8 @@ def test_cancelling_a_call_cancels_its_in_flight_request(fakes: dict[str, FakeEn
         cancel.set()
         engine.shutdown()
     assert not [t for t in threading.enumerate() if t.name == "baco-endpoint"]
+
+
+def test_structured_output_over_endpoints_is_refused(remote: BacoEngine) -> None:
+    with pytest.raises(ValueError, match="constraint: structured output needs the aligned model"):
+        remote.generate("Yes or no?", constraint={"regex": "(yes|no)"}, max_new_tokens=4)

@@ -11,6 +11,7 @@ from transformers import AutoTokenizer
 
 from baco_integrations import ROUTER_NAMES, BacoEngine
 from baco_integrations.offline import OfflinePair
+from baco_integrations.runners.remote import Endpoint, EndpointError, EndpointRunner
 
 from .conftest import RunningServer
 
@@ -72,3 +73,76 @@ def test_every_router_runs_with_provenance(remote_engine: BacoEngine, router: st
         assert out.text and len(out.sources) == len(out.token_ids)
     if router not in ("aligned", "base", "PUNC", "FC"):
         assert any(0 < o.base_fraction < 1 for o in outs) or router == "nudging"
+
+
+@pytest.fixture(scope="module")
+def local_engine(remote_pair: OfflinePair) -> BacoEngine:
+    """The same pair in this process (from the same GGUF files)."""
+    return BacoEngine.from_pretrained(
+        remote_pair.base_dir,
+        remote_pair.aligned_dir,
+        base_gguf_file=remote_pair.base_gguf_file,
+        aligned_gguf_file=remote_pair.aligned_gguf_file,
+    )
+
+
+def test_the_base_share_tracks_the_in_process_engines(
+    remote_engine: BacoEngine, local_engine: BacoEngine
+) -> None:
+    prompts = [PROMPT, "List ideas for a rainy weekend."]
+    settings = {"router": "P-PUNC", "gamma": 0.3, "n": 6, "max_new_tokens": 24, "seed": 5}
+    shares = {}
+    for name, engine in (("remote", remote_engine), ("local", local_engine)):
+        outs = [o for per_prompt in engine.generate(prompts, **settings) for o in per_prompt]
+        shares[name] = sum(o.base_fraction for o in outs) / len(outs)
+    # The routers read the aligned model's top-20 (renormalised) over HTTP and its whole
+    # distribution here; the samples differ, the share they settle on must not drift far.
+    assert 0 < shares["remote"] < 1
+    print(f"base share over endpoints {shares['remote']:.3f}, in process {shares['local']:.3f}")
+    assert abs(shares["remote"] - shares["local"]) < 0.15, shares
+
+
+def test_baco_serve_in_front_of_two_engines_answers_the_openai_client(
+    llama_servers: dict[str, RunningServer], remote_pair: OfflinePair
+) -> None:
+    openai = pytest.importorskip("openai")
+    from baco_integrations.cli import build_parser
+    from baco_integrations.server.run import config_from_args, engine_from_args
+    from baco_integrations.server.testing import running_server
+
+    args = build_parser().parse_args(
+        ["serve", "--base-url", llama_servers["base"].url,
+         "--aligned-url", llama_servers["aligned"].url,
+         "--base-tokenizer", str(remote_pair.base_path),
+         "--aligned-tokenizer", str(remote_pair.aligned_path)]
+    )  # fmt: skip
+    engine, name = engine_from_args(args)
+    config = config_from_args(args).updated(model_name=name, port=0)
+    try:
+        with running_server(engine, config) as server:
+            client = openai.OpenAI(base_url=server.base_url, api_key="none", max_retries=0)
+            chat = client.chat.completions.create(
+                model=name,
+                messages=[{"role": "user", "content": PROMPT}],
+                max_tokens=12,
+                seed=1,
+                extra_body={"router": "P-PUNC", "gamma": 0.3},
+            )
+            assert chat.choices[0].message.content
+            chunks = client.chat.completions.create(
+                model=name,
+                messages=[{"role": "user", "content": PROMPT}],
+                max_tokens=12,
+                stream=True,
+            )
+            text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+            assert text
+    finally:
+        engine.shutdown()
+
+
+def test_a_tokenizer_that_is_not_the_servers_is_refused(
+    llama_servers: dict[str, RunningServer], tokenizers: dict[str, Any]
+) -> None:
+    with pytest.raises(EndpointError, match="tokenizes text differently"):
+        EndpointRunner(Endpoint(url=llama_servers["base"].url), tokenizers["aligned"])

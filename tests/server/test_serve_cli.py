@@ -101,6 +101,18 @@ def test_api_key_from_the_environment(
     assert config.model_name == "mine"
 
 
+_REMOTE = [
+    "--base-url",
+    "http://127.0.0.1:1/v1",
+    "--aligned-url",
+    "http://127.0.0.1:2/v1",
+    "--base-tokenizer",
+    "b",
+    "--aligned-tokenizer",
+    "a",
+]
+
+
 @pytest.mark.parametrize(
     ("argv", "says"),
     [
@@ -109,6 +121,13 @@ def test_api_key_from_the_environment(
         (["--max-n", "0"], "max_n"),
         (["--default-max-tokens", "9000"], "default_max_tokens=9000 is more than"),
         (["--shutdown-timeout", "-1"], "shutdown_timeout_s"),
+        (["--base-url", "http://127.0.0.1:1/v1"], "needs --aligned-url, --base-tokenizer"),
+        (
+            [*_REMOTE, "--base", "b", "--aligned", "a"],
+            "--base, --aligned load a pair here; not with --base-url",
+        ),
+        (["--base-tokenizer", "t"], "--base-tokenizer need --base-url and --aligned-url"),
+        ([*_REMOTE, "--ray"], "--ray replicates a pair loaded here"),
     ],
 )
 def test_bad_options_fail_before_loading(
