@@ -125,9 +125,7 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--aligned-url", help="the aligned model's API (with --base-url)")
     p.add_argument("--base-tokenizer", help="with --base-url: its tokenizer (hub id or folder)")
     p.add_argument("--aligned-tokenizer", help="with --aligned-url: its tokenizer")
-    p.add_argument(
-        "--base-api-key", help="with --base-url: its key (default: $BACO_BASE_API_KEY)"
-    )
+    p.add_argument("--base-api-key", help="with --base-url: its key (default: $BACO_BASE_API_KEY)")
     p.add_argument(
         "--aligned-api-key", help="with --aligned-url: its key (default: $BACO_ALIGNED_API_KEY)"
     )

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import os
-from pathlib import Path
 import queue
 import threading
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
