@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 
@@ -32,6 +33,18 @@ from .views import ModelView
 #: Tokens of recent context a writer's detokenizer keeps after a switch (spacing rules of
 #: SentencePiece-style decoders look back only a token or two).
 _DETOKENIZER_CONTEXT = 6
+
+
+@dataclass(frozen=True)
+class Fetched:
+    """One model's scores for a step: ``[rows, width]`` logits on the pair's device (ids past
+    its vocabulary are ``-inf``); the tokens its engine drew when it samples itself
+    (``Distributions.proposals``, -1: none); and, for a top-k backend, each row's probability
+    mass outside the listed tokens (``Distributions.rest_mass``)."""
+
+    logits: torch.Tensor
+    proposals: list[int] | None
+    rest_mass: torch.Tensor | None
 
 
 class Bridge(ABC):
@@ -66,20 +79,21 @@ class Bridge(ABC):
 
     def distributions(
         self, source: int, rows: Sequence[int], writers: Sequence[int]
-    ) -> tuple[torch.Tensor, list[int] | None]:
-        """``[rows, width]`` next-token logits of ``source`` on the pair's device, current for
-        ``rows`` (ids past its vocabulary are ``-inf``), and the tokens its engine drew for
-        the rows when it samples itself (``Distributions.proposals``, -1: none)."""
+    ) -> Fetched:
+        """``source``'s next-token scores, current for ``rows`` (see :class:`Fetched`)."""
         self._bring_up_to_date(source, rows, writers)
         member = self.pair.members[source]
         scores = member.runner.distributions(rows)
-        proposals = None if scores.proposals is None else scores.proposals.tolist()
         logits = scores.logits[:, : member.vocab_size].to(self.pair.device)
         if logits.shape[1] != self.pair.width:
             logits = torch.nn.functional.pad(
                 logits, (0, self.pair.width - logits.shape[1]), value=float("-inf")
             )
-        return logits, proposals
+        return Fetched(
+            logits,
+            None if scores.proposals is None else scores.proposals.tolist(),
+            None if scores.rest_mass is None else scores.rest_mass.to(self.pair.device),
+        )
 
     def view(self, source: int, row: int) -> Sequence[int]:
         """The row's response as ``source`` sees it (its own token ids)."""

@@ -73,6 +73,8 @@ class StepScores:
         self.logits: dict[int, torch.Tensor] = {}
         #: Per source, the token its engine drew for each row (-1: none; runners that sample).
         self.proposals: dict[int, list[int]] = {}
+        #: Per source whose runner lists only its top-k: each row's mass outside them.
+        self.rest_mass: dict[int, torch.Tensor] = {}
         self.ready: tuple[set[int], set[int]] = (set(), set())
         self._cache: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
 
@@ -84,14 +86,16 @@ class StepScores:
             if not missing:
                 continue
             try:
-                logits, proposals = self.bridge.distributions(source, missing, self.writers)
+                fetched = self.bridge.distributions(source, missing, self.writers)
             except RowsFailed as failed:  # a remote engine failed for some rows: their request
                 row, error = next(iter(failed.errors.items()))
                 group = next(g for g in self.groups if g.start <= row < g.stop)
                 raise RequestFailed(group.request, error) from error
-            self.logits[source] = logits
-            if proposals is not None:
-                self.proposals[source] = proposals
+            self.logits[source] = fetched.logits
+            if fetched.proposals is not None:
+                self.proposals[source] = fetched.proposals
+            if fetched.rest_mass is not None:
+                self.rest_mass[source] = fetched.rest_mass
             self.ready[source].update(missing)
             for key in [k for k in self._cache if k[1] == source]:
                 del self._cache[key]
@@ -122,6 +126,16 @@ class StepScores:
     def tempered(self, group: Group, source: int) -> torch.Tensor:
         return self._get(group, source)[0]
 
+    def probabilities(self, group: Group, source: int) -> torch.Tensor:
+        """What the routers read: the tempered, untruncated distribution. For a top-k backend
+        the listed tokens keep their own probabilities (the unlisted mass is not spread over
+        them): exact at temperature 1, an estimate otherwise (docs/remote.md)."""
+        tempered = self.tempered(group, source)
+        rest = self.rest_mass.get(source)
+        if rest is None:
+            return torch.softmax(tempered, dim=-1)
+        return _top_k_probabilities(tempered, rest[group.slice], group.request.sampler.temperature)
+
     def truncated(self, group: Group, source: int) -> torch.Tensor:
         return self._get(group, source)[1]
 
@@ -134,6 +148,23 @@ class StepScores:
         if len(picked) == 1:
             return next(iter(picked.values()))
         return torch.where((sources == BASE)[:, None], picked[BASE], picked[ALIGNED])
+
+
+def _top_k_probabilities(
+    tempered: torch.Tensor, rest: torch.Tensor, temperature: float
+) -> torch.Tensor:
+    """Probabilities of the k listed tokens at ``temperature`` from their tempered log-probs
+    ``l/T`` and the raw mass ``R`` of the others. The others' tempered mass is taken as
+    ``R * p_k ** (1/T - 1)`` (``p_k``: the least listed probability): exactly ``R`` at T = 1
+    (so each listed token keeps its own probability), an upper bound for T < 1 and a lower
+    bound for T > 1 (docs/remote.md, Routing signals)."""
+    # Greedy (temperature 0): the routers read the plain softmax, as at T = 1.
+    t = temperature if temperature > 0 else 1.0
+    listed = torch.isfinite(tempered)
+    least = tempered.masked_fill(~listed, float("inf")).amin(dim=-1, keepdim=True)
+    log_rest = torch.log(rest.clamp_min(1e-30))[:, None] + least * (1.0 - t)
+    log_total = torch.logaddexp(torch.logsumexp(tempered, dim=-1, keepdim=True), log_rest)
+    return torch.exp(tempered - log_total)
 
 
 def _draw(
@@ -232,7 +263,7 @@ class Step:
                 continue
             request = group.request
             probs = {
-                source: torch.softmax(self.scores.tempered(group, source), dim=-1)[
+                source: self.scores.probabilities(group, source)[
                     :, : self.pair.members[source].vocab_size
                 ]
                 for source in (ALIGNED, BASE)

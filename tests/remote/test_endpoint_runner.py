@@ -291,3 +291,29 @@ def test_cancelling_a_call_cancels_its_in_flight_request(fakes: dict[str, FakeEn
 def test_structured_output_over_endpoints_is_refused(remote: BacoEngine) -> None:
     with pytest.raises(ValueError, match="constraint: structured output needs the aligned model"):
         remote.generate("Yes or no?", constraint={"regex": "(yes|no)"}, max_new_tokens=4)
+
+
+@pytest.mark.parametrize("temperature", [0.5, 1.0, 1.5])
+def test_routers_read_top_k_probabilities_exact_at_t1_and_bounded_otherwise(
+    temperature: float,
+) -> None:
+    import torch
+
+    from baco_integrations.decoding.step import _top_k_probabilities
+    from baco_integrations.runners import Distributions
+
+    torch.manual_seed(0)
+    raw = torch.log_softmax(torch.randn(3, 1000) * 3, dim=-1)
+    top = raw.topk(20, dim=-1)
+    dist = Distributions.from_top_k(top.indices, top.values, 1000)
+    assert dist.rest_mass is not None
+    got = _top_k_probabilities(dist.logits / temperature, dist.rest_mass, temperature)
+    truth = torch.softmax(raw / temperature, dim=-1)
+    listed = torch.isfinite(dist.logits)
+    if temperature == 1.0:
+        torch.testing.assert_close(got[listed], truth[listed])
+    elif temperature < 1:  # the unlisted mass is over-estimated: listed ones are lower bounds
+        assert bool((got[listed] <= truth[listed] + 1e-6).all())
+    else:
+        assert bool((got[listed] >= truth[listed] - 1e-6).all())
+    assert bool((got[~listed] == 0).all())
