@@ -24,8 +24,10 @@ import argparse
 import json
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -114,10 +116,37 @@ def measure_remote(
     return row
 
 
-def run(args: argparse.Namespace, pair: OfflinePair) -> list[dict[str, Any]]:
+@contextmanager
+def endpoints(args: argparse.Namespace, pair: OfflinePair | None) -> Iterator[dict[str, str]]:
+    """The two servers' URLs: those given (``--base-url``), or two llama-servers started here
+    on the offline pair's GGUF files."""
+    if args.base_url:
+        yield {"base": args.base_url, "aligned": args.aligned_url}
+        return
+    assert pair is not None
     executable = llama_server.binary()
     if executable is None:
         raise SystemExit("llama-server is not built: bash scripts/build_llama_server.sh")
+    ggufs = {"base": pair.base_path, "aligned": pair.aligned_path}
+    with llama_server.serving(executable, ggufs, slots=max(args.concurrency)) as servers:
+        yield {side: server.url for side, server in servers.items()}
+
+
+def local_engine(args: argparse.Namespace, pair: OfflinePair | None) -> BacoEngine:
+    """The same pair in this process: ``--base``/``--aligned`` or the offline pair's GGUFs."""
+    if args.base:
+        return BacoEngine.from_pretrained(args.base, args.aligned, device=args.device)
+    assert pair is not None
+    return BacoEngine.from_pretrained(
+        pair.base_dir,
+        pair.aligned_dir,
+        base_gguf_file=pair.base_gguf_file,
+        aligned_gguf_file=pair.aligned_gguf_file,
+        device=args.device,
+    )
+
+
+def run(args: argparse.Namespace, pair: OfflinePair | None) -> list[dict[str, Any]]:
     settings = {
         "router": args.router,
         "gamma": args.gamma,
@@ -125,34 +154,26 @@ def run(args: argparse.Namespace, pair: OfflinePair) -> list[dict[str, Any]]:
         "max_new_tokens": args.length,
         "seed": 0,
     }
-    local = BacoEngine.from_pretrained(
-        pair.base_dir,
-        pair.aligned_dir,
-        base_gguf_file=pair.base_gguf_file,
-        aligned_gguf_file=pair.aligned_gguf_file,
-    )
+    local = local_engine(args, pair)
     rows: list[dict[str, Any]] = []
-    ggufs = {"base": pair.base_path, "aligned": pair.aligned_path}
-    with llama_server.serving(executable, ggufs, slots=max(args.concurrency)) as servers:
+    with endpoints(args, pair) as urls:
         for callers in args.concurrency:
             batch = prompts(callers)
             for side in ("base", "aligned"):
                 ids = {p: local.encode_prompts(p)[side] for p in batch}
-                url = servers[side].url
-                alone = timed(
-                    lambda: concurrently(
-                        lambda p: engine_alone(url, ids[p], settings), batch  # noqa: B023
-                    ),
-                    args.repeats,
-                )
+                url = urls[side]
+
+                def alone_call(p: str, url: str = url, ids: dict = ids) -> tuple[int, float]:
+                    return engine_alone(url, ids[p], settings)
+
+                alone = timed(partial(concurrently, alone_call, batch), args.repeats)
                 rows.append({"mode": f"{side} engine alone", "callers": callers, **alone})
-            row = timed(lambda: concurrently(baco(local, settings), batch), args.repeats)
+            row = timed(partial(concurrently, baco(local, settings), batch), args.repeats)
             rows.append({"mode": "BACO in process", "callers": callers, **row})
             for draft in args.draft_tokens:
-                endpoints = [Endpoint(url=servers[s].url, draft_tokens=draft) for s in ggufs]
                 remote = BacoEngine.from_endpoints(
-                    endpoints[0],
-                    endpoints[1],
+                    Endpoint(url=urls["base"], draft_tokens=draft),
+                    Endpoint(url=urls["aligned"], draft_tokens=draft),
                     base_tokenizer=local.base_tokenizer,  # the same, read from the GGUF files
                     aligned_tokenizer=local.aligned_tokenizer,
                 )
@@ -193,17 +214,26 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads here")
     parser.add_argument("--cache", help="cache holding the offline pair's GGUF files")
+    parser.add_argument("--base-url", help="a running base server (else llama-servers here)")
+    parser.add_argument("--aligned-url", help="a running aligned server")
+    parser.add_argument("--base", help="with --base-url: the same base model here (hub id)")
+    parser.add_argument("--aligned", help="with --aligned-url: the same aligned model here")
+    parser.add_argument("--device", default="cpu", help="device of the in-process engine")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    rows = run(args, offline_pair(args.cache, install=False))
+    if bool(args.base_url) != bool(args.aligned_url) or bool(args.base_url) != bool(args.base):
+        parser.error("--base-url, --aligned-url, --base and --aligned go together")
+    rows = run(args, None if args.base_url else offline_pair(args.cache, install=False))
     meta = {
         "router": args.router,
         "gamma": args.gamma,
         "length": args.length,
         "repeats": args.repeats,
         "torch_threads": args.threads,
-        "llama_server": llama_server.VERSION,
+        "servers": args.base_url
+        and f"{args.base_url} {args.aligned_url}"
+        or f"llama-server {llama_server.VERSION}",
     }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "remote.md").write_text(f"{json.dumps(meta)}\n\n{table(rows)}\n", encoding="utf-8")

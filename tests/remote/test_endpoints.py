@@ -1,54 +1,40 @@
-"""BACO over two llama-server endpoints serving the offline pair (Gemma-3-270m base,
-SmolLM2-135M-Instruct), and the remote runner's faults."""
+"""BACO over two real engines (llama-server on the offline pair's GGUF files by default:
+Gemma-3-270m base, SmolLM2-135M-Instruct; see conftest.py)."""
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Iterator
 
 import httpx
 import pytest
-from transformers import AutoTokenizer
 
 from baco_integrations import ROUTER_NAMES, BacoEngine
-from baco_integrations.offline import OfflinePair
 from baco_integrations.runners.remote import Endpoint, EndpointError, EndpointRunner
 
-from .conftest import RunningServer
+from .conftest import ServedPair
 
 PROMPT = "Brainstorm names for a coffee shop."
 
 
 @pytest.fixture(scope="module")
-def tokenizers(remote_pair: OfflinePair) -> dict[str, Any]:
-    return {
-        "base": AutoTokenizer.from_pretrained(
-            remote_pair.base_dir, gguf_file=remote_pair.base_gguf_file
-        ),
-        "aligned": AutoTokenizer.from_pretrained(
-            remote_pair.aligned_dir, gguf_file=remote_pair.aligned_gguf_file
-        ),
-    }
-
-
-@pytest.fixture(scope="module")
-def remote_engine(
-    llama_servers: dict[str, RunningServer], tokenizers: dict[str, Any]
-) -> BacoEngine:
-    return BacoEngine.from_endpoints(
-        llama_servers["base"].url,
-        llama_servers["aligned"].url,
-        base_tokenizer=tokenizers["base"],
-        aligned_tokenizer=tokenizers["aligned"],
+def remote_engine(served_pair: ServedPair) -> Iterator[BacoEngine]:
+    engine = BacoEngine.from_endpoints(
+        served_pair.urls["base"],
+        served_pair.urls["aligned"],
+        base_tokenizer=served_pair.tokenizers["base"],
+        aligned_tokenizer=served_pair.tokenizers["aligned"],
     )
+    yield engine
+    engine.shutdown()
 
 
 @pytest.mark.parametrize("side", ["aligned", "base"])
 def test_single_model_router_equals_the_endpoints_own_greedy_output(
-    remote_engine: BacoEngine, llama_servers: dict[str, RunningServer], side: str
+    remote_engine: BacoEngine, served_pair: ServedPair, side: str
 ) -> None:
     ids = remote_engine.encode_prompts(PROMPT)[side]
     reply = httpx.post(
-        f"{llama_servers[side].url}/completions",
+        f"{served_pair.urls[side]}/completions",
         json={"prompt": ids, "max_tokens": 16, "temperature": 0.0},
         timeout=120,
     ).json()
@@ -76,14 +62,11 @@ def test_every_router_runs_with_provenance(remote_engine: BacoEngine, router: st
 
 
 @pytest.fixture(scope="module")
-def local_engine(remote_pair: OfflinePair) -> BacoEngine:
-    """The same pair in this process (from the same GGUF files)."""
-    return BacoEngine.from_pretrained(
-        remote_pair.base_dir,
-        remote_pair.aligned_dir,
-        base_gguf_file=remote_pair.base_gguf_file,
-        aligned_gguf_file=remote_pair.aligned_gguf_file,
-    )
+def local_engine(served_pair: ServedPair) -> Iterator[BacoEngine]:
+    """The same pair in this process (from the same GGUF files, or hub ids)."""
+    engine = served_pair.load_local()
+    yield engine
+    engine.shutdown()
 
 
 def test_the_base_share_tracks_the_in_process_engines(
@@ -103,7 +86,7 @@ def test_the_base_share_tracks_the_in_process_engines(
 
 
 def test_baco_serve_in_front_of_two_engines_answers_the_openai_client(
-    llama_servers: dict[str, RunningServer], remote_pair: OfflinePair
+    served_pair: ServedPair,
 ) -> None:
     openai = pytest.importorskip("openai")
     from baco_integrations.cli import build_parser
@@ -111,10 +94,10 @@ def test_baco_serve_in_front_of_two_engines_answers_the_openai_client(
     from baco_integrations.server.testing import running_server
 
     args = build_parser().parse_args(
-        ["serve", "--base-url", llama_servers["base"].url,
-         "--aligned-url", llama_servers["aligned"].url,
-         "--base-tokenizer", str(remote_pair.base_path),
-         "--aligned-tokenizer", str(remote_pair.aligned_path)]
+        ["serve", "--base-url", served_pair.urls["base"],
+         "--aligned-url", served_pair.urls["aligned"],
+         "--base-tokenizer", served_pair.tokenizer_specs["base"],
+         "--aligned-tokenizer", served_pair.tokenizer_specs["aligned"]]
     )  # fmt: skip
     engine, name = engine_from_args(args)
     config = config_from_args(args).updated(model_name=name, port=0)
@@ -141,8 +124,8 @@ def test_baco_serve_in_front_of_two_engines_answers_the_openai_client(
         engine.shutdown()
 
 
-def test_a_tokenizer_that_is_not_the_servers_is_refused(
-    llama_servers: dict[str, RunningServer], tokenizers: dict[str, Any]
-) -> None:
+def test_a_tokenizer_that_is_not_the_servers_is_refused(served_pair: ServedPair) -> None:
+    if served_pair.tokenizers["base"].get_vocab() == served_pair.tokenizers["aligned"].get_vocab():
+        pytest.skip("a same-family pair: the other model's tokenizer is this one's")
     with pytest.raises(EndpointError, match="tokenizes text differently"):
-        EndpointRunner(Endpoint(url=llama_servers["base"].url), tokenizers["aligned"])
+        EndpointRunner(Endpoint(url=served_pair.urls["base"]), served_pair.tokenizers["aligned"])
