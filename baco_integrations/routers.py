@@ -38,6 +38,11 @@ class RouterInputs:
     A router that flips coins should call :meth:`uniform`: it draws from each row's own
     random numbers, so a seeded request routes the same whatever else shares its batch.
     ``generator`` is the request's generator (seeded with the request), for other draws.
+
+    A model served by a top-k endpoint (docs/remote.md) scores only its k most likely tokens:
+    its ``*_probs`` rows hold those tokens' own probabilities (zero elsewhere, so a row sums to
+    less than 1) and ``*_rest_mass`` gives, per row, the probability of the unlisted tokens at
+    temperature 1; it is None for a full distribution.
     """
 
     base_probs: torch.Tensor | None
@@ -48,6 +53,8 @@ class RouterInputs:
     generator: torch.Generator | None = None
     #: Set by the engine: one U[0, 1) draw per row from the row's own random numbers.
     draw_uniform: Callable[[], torch.Tensor] | None = None
+    base_rest_mass: torch.Tensor | None = None
+    aligned_rest_mass: torch.Tensor | None = None
 
     def uniform(self) -> torch.Tensor:
         """One U[0, 1) number per row, ``[batch]``."""

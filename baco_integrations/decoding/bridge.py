@@ -77,9 +77,7 @@ class Bridge(ABC):
     def after_step(self, tokens: list[int], lock_step: bool) -> None:
         """Hand the step's tokens (of the rows that go on) to the models."""
 
-    def distributions(
-        self, source: int, rows: Sequence[int], writers: Sequence[int]
-    ) -> Fetched:
+    def distributions(self, source: int, rows: Sequence[int], writers: Sequence[int]) -> Fetched:
         """``source``'s next-token scores, current for ``rows`` (see :class:`Fetched`)."""
         self._bring_up_to_date(source, rows, writers)
         member = self.pair.members[source]

@@ -126,6 +126,11 @@ class StepScores:
     def tempered(self, group: Group, source: int) -> torch.Tensor:
         return self._get(group, source)[0]
 
+    def rest(self, group: Group, source: int) -> torch.Tensor | None:
+        """The group's rows' unlisted mass from a top-k source (None: a full distribution)."""
+        rest = self.rest_mass.get(source)
+        return None if rest is None else rest[group.slice]
+
     def probabilities(self, group: Group, source: int) -> torch.Tensor:
         """What the routers read: the tempered, untruncated distribution. For a top-k backend
         the listed tokens keep their own probabilities (the unlisted mass is not spread over
@@ -279,6 +284,8 @@ class Step:
                 masks=self.pair.aligned.masks,
                 generator=request.generator,
                 draw_uniform=functools.partial(self._uniform, group, rows, at_boundary),
+                base_rest_mass=self.scores.rest(group, BASE),
+                aligned_rest_mass=self.scores.rest(group, ALIGNED),
             )
             try:
                 choice = checked_choice(request.router(inputs), prev).long()

@@ -24,7 +24,7 @@ import torch
 from transformers import AutoTokenizer
 
 from baco_integrations import BacoEngine, llama_server
-from baco_integrations.offline import offline_pair
+from baco_integrations.offline import converted_pair, offline_pair
 
 
 @dataclass
@@ -77,10 +77,16 @@ def served_pair() -> Iterator[ServedPair]:
                 side: AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
                 for side, path in paths.items()
             },
-            load_local=lambda: BacoEngine.from_pretrained(
-                pair.base_dir,
-                pair.aligned_dir,
-                base_gguf_file=pair.base_gguf_file,
-                aligned_gguf_file=pair.aligned_gguf_file,
-            ),
+            load_local=_converted_offline_pair,
         )
+
+
+def _converted_offline_pair() -> BacoEngine:
+    """The offline pair in this process, from its converted checkpoints in the default cache
+    (loading the GGUF files would dequantise them for a minute and a half each run); skips
+    where they were not prepared, as the other slow real-pair tests do (CI)."""
+    try:
+        converted = converted_pair(install=False, convert=False)
+    except FileNotFoundError as exc:
+        pytest.skip(f"the converted offline pair is not in the default cache: {exc}")
+    return BacoEngine.from_pretrained(converted.base_dir, converted.aligned_dir)

@@ -317,3 +317,20 @@ def test_routers_read_top_k_probabilities_exact_at_t1_and_bounded_otherwise(
     else:
         assert bool((got[listed] >= truth[listed] - 1e-6).all())
     assert bool((got[~listed] == 0).all())
+
+
+def test_a_custom_router_is_told_what_a_top_k_endpoint_gives(remote: BacoEngine) -> None:
+    import torch
+
+    from baco_integrations import RouterInputs
+
+    seen: list[tuple[float, float]] = []
+
+    def router(inputs: RouterInputs) -> torch.Tensor:
+        assert inputs.aligned_rest_mass is not None and inputs.aligned_probs is not None
+        total = inputs.aligned_probs.sum(dim=-1) + inputs.aligned_rest_mass
+        seen.append((float(total.min()), float(total.max())))
+        return torch.zeros_like(inputs.prev_sources, dtype=torch.bool)
+
+    remote.generate("Ideas", router=router, max_new_tokens=4, seed=1)
+    assert seen and all(abs(lo - 1) < 1e-4 and abs(hi - 1) < 1e-4 for lo, hi in seen)
