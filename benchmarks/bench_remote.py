@@ -9,10 +9,10 @@ SmolLM2-135M-Instruct aligned), router and settings:
 * **BACO over endpoints**: ``BacoEngine.from_endpoints`` in front of the two servers, for each
   draft length asked (``Endpoint.draft_tokens``).
 
-For 1 and 8 concurrent requests it reports generated tokens per second, HTTP round trips per
-generated token (target: at most 0.5 at a base share near 0.3), the seconds the loop waited on
-each engine, and the base share. The machine's cores are shared by both servers and this
-process, so the ratios, not the absolute figures, are the result.
+For the same 8 prompts sent 1 and 8 at a time it reports generated tokens per second, HTTP
+round trips per generated token (target: at most 0.5 at a base share near 0.3), the seconds
+the loop waited on each engine, and the base share. The machine's cores are shared by both
+servers and this process, so the ratios, not the absolute figures, are the result.
 
     bash scripts/build_llama_server.sh && python -m baco_integrations.offline --no-convert
     python benchmarks/bench_remote.py                  # writes benchmarks/results/remote.*
@@ -44,9 +44,11 @@ def prompts(count: int) -> list[str]:
     return [f"Brainstorm ideas for {topics[i % len(topics)]} (list {i})." for i in range(count)]
 
 
-def concurrently(fn: Callable[[str], tuple[int, float]], batch: list[str]) -> tuple[int, float]:
-    """Run ``fn`` on every prompt at once; total tokens and the summed base tokens."""
-    with ThreadPoolExecutor(len(batch)) as pool:
+def concurrently(
+    fn: Callable[[str], tuple[int, float]], batch: list[str], callers: int
+) -> tuple[int, float]:
+    """Run ``fn`` on every prompt, ``callers`` at a time; total tokens and base tokens."""
+    with ThreadPoolExecutor(callers) as pool:
         results = list(pool.map(fn, batch))
     return sum(r[0] for r in results), sum(r[1] for r in results)
 
@@ -103,10 +105,10 @@ def remote_counters(engine: BacoEngine) -> dict[str, float]:
 
 
 def measure_remote(
-    engine: BacoEngine, settings: dict[str, Any], batch: list[str], repeats: int
+    engine: BacoEngine, settings: dict[str, Any], batch: list[str], callers: int, repeats: int
 ) -> dict[str, float]:
     before = remote_counters(engine)
-    row = timed(lambda: concurrently(baco(engine, settings), batch), repeats)
+    row = timed(partial(concurrently, baco(engine, settings), batch, callers), repeats)
     after = remote_counters(engine)
     spent = {k: (after[k] - before[k]) / repeats for k in after}
     row.update(spent)
@@ -157,8 +159,8 @@ def run(args: argparse.Namespace, pair: OfflinePair | None) -> list[dict[str, An
     local = local_engine(args, pair)
     rows: list[dict[str, Any]] = []
     with endpoints(args, pair) as urls:
+        batch = prompts(args.prompts)  # the same prompts in every mode
         for callers in args.concurrency:
-            batch = prompts(callers)
             for side in ("base", "aligned"):
                 ids = {p: local.encode_prompts(p)[side] for p in batch}
                 url = urls[side]
@@ -166,9 +168,9 @@ def run(args: argparse.Namespace, pair: OfflinePair | None) -> list[dict[str, An
                 def alone_call(p: str, url: str = url, ids: dict = ids) -> tuple[int, float]:
                     return engine_alone(url, ids[p], settings)
 
-                alone = timed(partial(concurrently, alone_call, batch), args.repeats)
+                alone = timed(partial(concurrently, alone_call, batch, callers), args.repeats)
                 rows.append({"mode": f"{side} engine alone", "callers": callers, **alone})
-            row = timed(partial(concurrently, baco(local, settings), batch), args.repeats)
+            row = timed(partial(concurrently, baco(local, settings), batch, callers), args.repeats)
             rows.append({"mode": "BACO in process", "callers": callers, **row})
             for draft in args.draft_tokens:
                 remote = BacoEngine.from_endpoints(
@@ -178,7 +180,7 @@ def run(args: argparse.Namespace, pair: OfflinePair | None) -> list[dict[str, An
                     aligned_tokenizer=local.aligned_tokenizer,
                 )
                 try:
-                    row = measure_remote(remote, settings, batch, args.repeats)
+                    row = measure_remote(remote, settings, batch, callers, args.repeats)
                 finally:
                     remote.shutdown()
                 mode = f"BACO over endpoints (draft {draft})"
@@ -207,11 +209,12 @@ def table(rows: list[dict[str, Any]]) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--router", default="P-PUNC")
-    parser.add_argument("--gamma", type=float, default=0.3)
+    parser.add_argument("--gamma", type=float, default=0.2, help="0.2: a base share near 0.3")
+    parser.add_argument("--prompts", type=int, default=8, help="prompts per mode")
     parser.add_argument("--length", type=int, default=32)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--draft-tokens", type=int, nargs="+", default=[16])
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads here")
     parser.add_argument("--cache", help="cache holding the offline pair's GGUF files")
     parser.add_argument("--base-url", help="a running base server (else llama-servers here)")
@@ -229,6 +232,7 @@ def main(argv: list[str] | None = None) -> None:
         "router": args.router,
         "gamma": args.gamma,
         "length": args.length,
+        "prompts": args.prompts,
         "repeats": args.repeats,
         "torch_threads": args.threads,
         "servers": args.base_url

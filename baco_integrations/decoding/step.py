@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import torch
 
 from ..routers import RouterInputs, checked_choice
 from ..runners import RowsFailed
-from .bridge import Bridge
+from .bridge import Bridge, Fetched
 from .pair import ALIGNED, BASE, NO_SOURCE, Pair
 from .randomness import RowRandomness
 from .request import Request
@@ -80,25 +81,46 @@ class StepScores:
 
     def fetch(self, needs: dict[int, list[int]]) -> None:
         """Ask each runner once for the rows that need its distribution and do not have it
-        yet. This is the only place a step waits on a model."""
-        for source, rows in needs.items():
-            missing = [r for r in rows if r not in self.ready[source]]
-            if not missing:
-                continue
-            try:
-                fetched = self.bridge.distributions(source, missing, self.writers)
-            except RowsFailed as failed:  # a remote engine failed for some rows: their request
-                row, error = next(iter(failed.errors.items()))
-                group = next(g for g in self.groups if g.start <= row < g.stop)
-                raise RequestFailed(group.request, error) from error
-            self.logits[source] = fetched.logits
-            if fetched.proposals is not None:
-                self.proposals[source] = fetched.proposals
-            if fetched.rest_mass is not None:
-                self.rest_mass[source] = fetched.rest_mass
-            self.ready[source].update(missing)
-            for key in [k for k in self._cache if k[1] == source]:
-                del self._cache[key]
+        yet. This is the only place a step waits on a model. Two remote models are asked at
+        the same time (their requests overlap); in-process ones one after the other."""
+        asks = {
+            source: missing
+            for source, rows in needs.items()
+            if (missing := [r for r in rows if r not in self.ready[source]])
+        }
+        if len(asks) == 2 and not any(
+            self.bridge.pair.members[s].runner.cheap_extra_rows for s in asks
+        ):
+            with ThreadPoolExecutor(1, thread_name_prefix="baco-fetch") as helper:
+                (source, rows), (other, other_rows) = asks.items()
+                elsewhere = helper.submit(self._request, other, other_rows)
+                try:
+                    fetched = self._request(source, rows)
+                finally:
+                    fetched_elsewhere = elsewhere.result()
+            self._store(source, rows, fetched)
+            self._store(other, other_rows, fetched_elsewhere)
+            return
+        for source, rows in asks.items():
+            self._store(source, rows, self._request(source, rows))
+
+    def _request(self, source: int, missing: list[int]) -> Fetched:
+        try:
+            return self.bridge.distributions(source, missing, self.writers)
+        except RowsFailed as failed:  # a remote engine failed for some rows: their request
+            row, error = next(iter(failed.errors.items()))
+            group = next(g for g in self.groups if g.start <= row < g.stop)
+            raise RequestFailed(group.request, error) from error
+
+    def _store(self, source: int, missing: list[int], fetched: Fetched) -> None:
+        self.logits[source] = fetched.logits
+        if fetched.proposals is not None:
+            self.proposals[source] = fetched.proposals
+        if fetched.rest_mass is not None:
+            self.rest_mass[source] = fetched.rest_mass
+        self.ready[source].update(missing)
+        for key in [k for k in self._cache if k[1] == source]:
+            del self._cache[key]
 
     def _get(self, group: Group, source: int) -> tuple[torch.Tensor, torch.Tensor]:
         key = (group.start, source)
