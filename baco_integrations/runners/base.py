@@ -132,6 +132,11 @@ class ModelRunner(ABC):
         return True
 
     @property
+    def top_logprobs_limit(self) -> int | None:
+        """How many tokens a distribution lists at most (a top-k backend's k); None: all."""
+        return None
+
+    @property
     def cheap_extra_rows(self) -> bool:
         """Whether bringing more rows up to date than asked costs (almost) nothing, as in one
         batched forward; a remote runner pays a request per row and says no."""

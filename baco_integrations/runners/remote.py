@@ -101,6 +101,10 @@ class _Row:
     room: int
     draft_start: int = 0
     draft: list[_Entry] = field(default_factory=list)
+    #: Positions of the current draft the response went through (each read at least once).
+    followed: int = 0
+    #: Tokens the next request drafts (None: the endpoint's ``draft_tokens``).
+    next_length: int | None = None
 
     def entry(self) -> _Entry | None:
         """The draft's entry for the row's next position, if the response has followed the
@@ -114,11 +118,22 @@ class _Row:
                 return None
         del self.draft[:ahead]
         self.draft_start += ahead
+        self.followed += ahead
         return self.draft[0]
 
     def max_tokens(self, draft_tokens: int) -> int:
+        """The next draft's length: as long as the endpoint's ``draft_tokens`` at first, then
+        twice what the row followed of its last draft (a model asked only for a router's
+        signal, whose draft the other model's word cuts at once, drafts little; a writer's
+        drafts grow back), within what the call may still write."""
+        wanted = draft_tokens if self.next_length is None else self.next_length
         written = len(self.tokens) - self.prompt_length
-        return max(1, min(draft_tokens, self.room - written))
+        return max(1, min(wanted, self.room - written))
+
+    def start_draft(self, start: int, entries: list[_Entry], draft_tokens: int) -> None:
+        if self.draft_start or self.draft:  # a draft came before: size the next by it
+            self.next_length = min(draft_tokens, 2 * (self.followed + 1))
+        self.draft_start, self.draft, self.followed = start, entries, 0
 
 
 class _Loop:
@@ -203,6 +218,10 @@ class EndpointRunner(ModelRunner):
     @property
     def full_distributions(self) -> bool:
         return False  # the top-k log-probs
+
+    @property
+    def top_logprobs_limit(self) -> int:
+        return self.endpoint.top_logprobs
 
     def counters(self) -> RunnerCounters:
         return RunnerCounters(forward_passes=self.requests, forward_tokens=self.tokens_sent)
@@ -306,7 +325,8 @@ class EndpointRunner(ModelRunner):
             for future in done:
                 row = futures[future]
                 try:
-                    self._rows[row].draft_start, self._rows[row].draft = future.result()
+                    start, entries = future.result()
+                    self._rows[row].start_draft(start, entries, self.endpoint.draft_tokens)
                 except Exception as exc:
                     errors[row] = exc
             for future in [f for f in pending if self._rows[futures[f]].settings.abandoned()]:
