@@ -63,6 +63,8 @@ DEFAULT_BASE_TEMPLATE = "{prompt}\n"
 #: dividing float32 logits by a smaller number overflows them to inf/NaN, and the result would
 #: be argmax-like anyway.
 MIN_TEMPERATURE = 1e-5
+#: The most alternatives per token ``top_logprobs`` may ask (OpenAI's and vLLM's cap).
+MAX_TOP_LOGPROBS = 20
 
 #: ``seed`` is a 64-bit unsigned integer (what ``torch.Generator.manual_seed`` stores).
 MAX_SEED = 2**64 - 1
@@ -220,6 +222,18 @@ class GenerationSettings(BaseModel):
         default=True,
         description="Run a model only when its distribution is needed (same tokens either way).",
     )
+    logprobs: bool = Field(
+        default=False,
+        description="Record each generated token's log-prob under the distribution it was "
+        "drawn from (BacoOutput.logprobs, BacoChunk.logprobs).",
+    )
+    top_logprobs: Int = Field(
+        default=0,
+        ge=0,
+        le=MAX_TOP_LOGPROBS,
+        description=f"With logprobs: also the k most likely tokens of that distribution "
+        f"(0 to {MAX_TOP_LOGPROBS}).",
+    )
 
     @field_validator("stop", mode="before")
     @classmethod
@@ -279,6 +293,15 @@ class GenerationSettings(BaseModel):
     @model_validator(mode="after")
     def _check_router_gamma(self) -> GenerationSettings:
         self.router_config()  # surfaces an out-of-range gamma at validation time
+        return self
+
+    @model_validator(mode="after")
+    def _check_top_logprobs(self) -> GenerationSettings:
+        if self.top_logprobs and not self.logprobs:
+            raise ValueError(
+                f"top_logprobs={self.top_logprobs} needs logprobs=True (the alternatives are "
+                "recorded with each token's log-prob)"
+            )
         return self
 
     def __setattr__(self, name: str, value: Any) -> None:

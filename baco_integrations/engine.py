@@ -493,6 +493,7 @@ class BacoEngine:
         self.limits.check_call(batch, settings)  # sizes, before tokenizing or allocating
         if settings.constraint is not None:
             self._check_constrainable()
+        self._check_top_logprobs(settings.top_logprobs)
         prompt_ids = (
             [
                 aligned_ids(
@@ -518,6 +519,9 @@ class BacoEngine:
         )
         if settings.constraint is not None:
             request.matchers = SampleMatchers(settings.constraint, self.pair, request.samples)
+        if settings.logprobs:
+            for sample in request.samples:
+                sample.logprobs = []
         return request
 
     def _check_constrainable(self) -> None:
@@ -530,6 +534,16 @@ class BacoEngine:
                     f"next-token distribution, and {member.runner!r} gives only its top-k "
                     "log-probs, so the grammar could not be applied exactly; use an in-process "
                     "pair (BacoEngine.from_pretrained) for structured output"
+                )
+
+    def _check_top_logprobs(self, k: int) -> None:
+        """A top-k backend cannot list more alternatives than it returns."""
+        for member in self.pair.members:
+            limit = member.runner.top_logprobs_limit
+            if limit is not None and k > limit:
+                raise ValueError(
+                    f"top_logprobs={k}: the {member.name} model's {member.runner!r} returns "
+                    f"only its top {limit} tokens; allowed values are 0 to {limit}"
                 )
 
     def _step_budget(self, prompt_ids: tuple[list[list[int]], ...], max_new_tokens: int) -> int:

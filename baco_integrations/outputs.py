@@ -18,6 +18,42 @@ def base_fraction(sources: Sequence[Source]) -> float:
     return sum(source == "base" for source in sources) / len(sources)
 
 
+#: The floor of a reported log-prob: a drawn token its distribution gives no mass (a remote
+#: engine's draw outside the top-k it returned) reads -9999.0, as OpenAI reports such tokens.
+LOGPROB_FLOOR = -9999.0
+
+
+@dataclass(frozen=True)
+class TopLogProb:
+    """One of the most likely tokens at a position, with its log-probability."""
+
+    token: str
+    token_id: int
+    logprob: float
+    #: The token's text as UTF-8 bytes.
+    bytes: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class TokenLogProb:
+    """A generated token's log-probability (``logprobs=True``; docs/logprobs.md).
+
+    The token is the writing model's own (across families: the writer's tokens, not the
+    aligned ids of ``BacoOutput.token_ids``), and ``logprob`` is under the distribution it
+    was drawn from: the writer's, after temperature and top-k/top-p/min-p truncation, as the
+    draw saw it (vLLM's ``processed_logprobs``, not its default ``raw_logprobs``).
+    ``top_logprobs`` are that distribution's most likely tokens, most likely first
+    (``top_logprobs=k``).
+    """
+
+    token: str
+    token_id: int
+    logprob: float
+    source: Source
+    bytes: tuple[int, ...] = ()
+    top_logprobs: tuple[TopLogProb, ...] = ()
+
+
 @dataclass(frozen=True)
 class BacoOutput:
     """One finished sample.
@@ -34,6 +70,13 @@ class BacoOutput:
     prompt_index: int = 0
     sample_index: int = 0
     prompt_tokens: int = 0
+    #: Each generated token's log-prob when the call asked for them (else None).
+    logprobs: tuple[TokenLogProb, ...] | None = None
+    #: With ``logprobs``: the base and the aligned model's mean log-prob per token of the
+    #: response, in each model's own tokens at temperature 1 (a quality signal: how natural
+    #: the model finds the text); None where the model cannot score it (a remote engine).
+    base_mean_logprob: float | None = None
+    aligned_mean_logprob: float | None = None
 
     @property
     def base_fraction(self) -> float:
@@ -63,6 +106,9 @@ class BacoChunk:
     finish_reason: FinishReason | None = None
     prompt_tokens: int = 0
     output: BacoOutput | None = None
+    #: The log-probs of the chunk's tokens (the writer's tokens whose text starts in it) when
+    #: the call asked for them (else None).
+    logprobs: tuple[TokenLogProb, ...] | None = None
 
 
 @dataclass(frozen=True)

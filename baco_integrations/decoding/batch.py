@@ -12,7 +12,9 @@ from typing import cast
 
 import torch
 
+from ..outputs import TokenLogProb
 from .bridge import Bridge, TextBridge, TokenBridge
+from .logprobs import token_logprobs
 from .pair import NO_SOURCE, Pair
 from .randomness import RowRandomness
 from .request import DecodeStats, Request
@@ -70,7 +72,7 @@ class RunningBatch:
         custom = any(r.custom_router for r in self.requests)
         before = self.randomness.snapshot() if custom else []
         try:
-            tokens, sources = Step(
+            step = Step(
                 self.pair,
                 self.bridge,
                 self.rows,
@@ -79,7 +81,9 @@ class RunningBatch:
                 self.writers_host,
                 self.randomness,
                 self.continuation,
-            ).run()
+                record=any(r.settings.logprobs for r in self.requests),
+            )
+            tokens, sources = step.run()
         except RequestFailed:
             # The step is run again without the failed request: the others must draw the
             # same numbers then as they would have now.
@@ -87,13 +91,27 @@ class RunningBatch:
                 self.randomness.restore(before)
             raise
         sources_host, token_list = sources.tolist(), tokens.tolist()
+        entries = self._logprobs(step, token_list, sources_host)
         deltas = self.bridge.commit(self.rows, token_list, sources_host, self.writers_host)
+        for row, entry in entries.items():
+            if (delta := deltas[row]) is not None:  # an end-of-sequence token is not written
+                self.rows[row].add_logprob(entry, len(self.rows[row].text) - len(delta))
         self.writers, self.writers_host = sources, sources_host
         for request in self.requests:
             request.steps += 1
         changed = list(zip(self.rows, self.row_requests, strict=True))
         for sample, request, delta in zip(self.rows, self.row_requests, deltas, strict=True):
             _settle(sample, request, delta)
+        scored = [
+            r
+            for r, (sample, request) in enumerate(zip(self.rows, self.row_requests, strict=True))
+            if sample.finished and request.settings.logprobs
+        ]
+        if scored:  # each model's mean log-prob of the whole response, read once at the end
+            samples = [self.rows[r] for r in scored]
+            means = self.bridge.mean_logprobs(scored, token_list, sources_host, samples)
+            for row, mean in zip(scored, means, strict=True):
+                self.rows[row].mean_logprobs = mean
         keep = [r for r, sample in enumerate(self.rows) if not sample.finished]
         if len(keep) < len(self.rows):
             self._keep(keep)
@@ -101,6 +119,16 @@ class RunningBatch:
             lock_step = any(not r.settings.lazy for r in self.requests)
             self.bridge.after_step([token_list[r] for r in keep], lock_step)
         return changed
+
+    def _logprobs(
+        self, step: Step, tokens: list[int], sources: list[int]
+    ) -> dict[int, TokenLogProb]:
+        """The step's token log-probs, for the rows of calls that asked for them."""
+        if step.drawn_from is None:
+            return {}
+        rows = [r for r, req in enumerate(self.row_requests) if req.settings.logprobs]
+        top_k = [self.row_requests[r].settings.top_logprobs for r in rows]
+        return token_logprobs(self.pair, step.drawn_from, rows, tokens, sources, top_k)
 
     def remove(self, request: Request) -> None:
         """Drop ``request``'s rows now (a cancelled or abandoned call)."""

@@ -77,6 +77,35 @@ class Bridge(ABC):
     def after_step(self, tokens: list[int], lock_step: bool) -> None:
         """Hand the step's tokens (of the rows that go on) to the models."""
 
+    @abstractmethod
+    def finish_views(
+        self,
+        rows: Sequence[int],
+        tokens: list[int],
+        sources: list[int],
+        samples: Sequence[SampleRecord],
+    ) -> list[int | None]:
+        """Give both models the whole kept response of ``rows`` (finishing with ``tokens``,
+        drawn from ``sources``) so that each can score it; per row, how many of a view's
+        first tokens spell the kept text (None: all of them)."""
+
+    def mean_logprobs(
+        self,
+        rows: Sequence[int],
+        tokens: list[int],
+        sources: list[int],
+        samples: Sequence[SampleRecord],
+    ) -> list[tuple[float | None, float | None]]:
+        """Each finishing row's mean log-prob of its kept response under each model (by
+        source: aligned, base), in the model's own tokens (None: the runner cannot score,
+        or no tokens)."""
+        kept = self.finish_views(rows, tokens, sources, samples)
+        means: list[list[float | None]] = []
+        for view in self.views:
+            scores = view.runner.response_logprobs(rows)
+            means.append([_mean(s, k) for s, k in zip(scores, kept, strict=True)])
+        return list(zip(means[0], means[1], strict=True))
+
     def distributions(self, source: int, rows: Sequence[int], writers: Sequence[int]) -> Fetched:
         """``source``'s next-token scores, current for ``rows`` (see :class:`Fetched`)."""
         self._bring_up_to_date(source, rows, writers)
@@ -141,6 +170,11 @@ class Bridge(ABC):
         return stats
 
 
+def _mean(scores: list[float] | None, kept: int | None) -> float | None:
+    scores = scores if scores is None or kept is None else scores[:kept]
+    return sum(scores) / len(scores) if scores else None
+
+
 def _row_settings(request: Request, sample_index: int) -> RowSettings:
     """What a runner may know of one of ``request``'s rows: its sampling settings, with the
     sample's own seed, and whether its call was cancelled."""
@@ -153,6 +187,7 @@ def _row_settings(request: Request, sample_index: int) -> RowSettings:
         settings.min_p,
         seed,
         abandoned=request.abandoned,
+        score=settings.logprobs,
     )
 
 
@@ -175,6 +210,21 @@ class TokenBridge(Bridge):
             eos = token in self.pair.members[source].eos_ids
             deltas.append(None if eos else sample.append(token, source))
         return deltas
+
+    def finish_views(
+        self,
+        rows: Sequence[int],
+        tokens: list[int],
+        sources: list[int],
+        samples: Sequence[SampleRecord],
+    ) -> list[int | None]:
+        """Both models see every token: the last one goes to them, and a cut keeps the
+        sample's ids."""
+        for row in rows:
+            if tokens[row] not in self.pair.members[sources[row]].eos_ids:
+                for view in self.views:
+                    view.append(row, tokens[row])
+        return [len(sample.token_ids) for sample in samples]
 
     def after_step(self, tokens: list[int], lock_step: bool) -> None:
         for view in self.views:
@@ -228,6 +278,22 @@ class TextBridge(Bridge):
             continues = token < len(self.continuation[source]) and self.continuation[source][token]
             deltas.append(sample.append(token, starts_word=not continues))
         return deltas
+
+    def finish_views(
+        self,
+        rows: Sequence[int],
+        tokens: list[int],
+        sources: list[int],
+        samples: Sequence[SampleRecord],
+    ) -> list[int | None]:
+        """The writers appended their tokens and the others re-tokenize the text; where a
+        stop string or a limit cut it, both re-tokenize the kept text."""
+        for source in SOURCE_IDS:
+            view, tokenizer = self.views[source], self.pair.members[source].tokenizer
+            for row, sample in zip(rows, samples, strict=True):
+                if sample.cut or sources[row] != source:
+                    view.sync(row, encode_text(tokenizer, sample.text))
+        return [None for _ in rows]
 
     def after_step(self, tokens: list[int], lock_step: bool) -> None:
         """Nothing to hand over: the writers appended their tokens, the others sync when

@@ -33,6 +33,7 @@ def new_chunks(sample: SampleRecord, stops: Sequence[str] | None) -> Iterator[Ba
                 sources=_names(sample.sources[first : i + 1]),
                 sample_index=sample.sample_index,
                 prompt_tokens=sample.prompt_tokens,
+                logprobs=sample.chunk_logprobs((first, i + 1), (start, end)),
             )
             sample.emitted_tokens, start = i + 1, end
     if sample.finish_reason is not None:
@@ -47,5 +48,8 @@ def new_chunks(sample: SampleRecord, stops: Sequence[str] | None) -> Iterator[Ba
             finish_reason=sample.finish_reason,
             prompt_tokens=sample.prompt_tokens,
             output=sample.output(),  # consumers need not add the chunks up themselves
+            logprobs=sample.chunk_logprobs(
+                (first, len(sample.token_ids)), (start, len(sample.text)), last=True
+            ),
         )
         sample.emitted_tokens = len(sample.token_ids)

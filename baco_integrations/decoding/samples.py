@@ -13,10 +13,10 @@ from dataclasses import dataclass, field
 from transformers import PreTrainedTokenizerBase
 
 from ..detokenize import IncrementalDetokenizer
-from ..outputs import BacoOutput, FinishReason
+from ..outputs import BacoOutput, FinishReason, TokenLogProb
 from ..stops import find_stop, streamable_length
 from .encoding import encode_text, encode_with_ends
-from .pair import SOURCE_NAMES, Pair
+from .pair import ALIGNED, BASE, SOURCE_NAMES, Pair
 
 
 @dataclass
@@ -34,10 +34,48 @@ class SampleRecord:
     finish_reason: FinishReason | None = None
     #: Tokens already streamed.
     emitted_tokens: int = 0
+    #: With ``logprobs``: each written token's log-prob (the writer's tokens) and where in
+    #: ``text`` its text starts (for cuts and chunks); None when the call did not ask.
+    logprobs: list[TokenLogProb] | None = None
+    logprob_starts: list[int] = field(default_factory=list)
+    #: Whether a stop string or a limit cut the written text.
+    cut: bool = False
+    #: With ``logprobs``: each model's mean log-prob of the response, by source (aligned,
+    #: base).
+    mean_logprobs: tuple[float | None, float | None] = (None, None)
 
     @property
     def finished(self) -> bool:
         return self.finish_reason is not None
+
+    def add_logprob(self, entry: TokenLogProb, start: int) -> None:
+        if self.logprobs is None:
+            self.logprobs = []
+        self.logprobs.append(entry)
+        self.logprob_starts.append(start)
+
+    def chunk_logprobs(
+        self, tokens: tuple[int, int], chars: tuple[int, int], last: bool = False
+    ) -> tuple[TokenLogProb, ...] | None:
+        """The entries of a chunk: ids ``tokens[0]:tokens[1]`` spelling ``text[chars[0]:
+        chars[1]]``. A same-tokenizer sample's entries are its ids'; a cross-family one's are
+        the writer's tokens whose text starts in the chunk (the ``last`` chunk also takes
+        those that spelled nothing, such as half a character, unless a stop string cut the
+        text). None when not asked for."""
+        if self.logprobs is None:
+            return None
+        if isinstance(self, TokenSample):
+            return tuple(self.logprobs[tokens[0] : tokens[1]])
+        end = chars[1] + (1 if last and not self.cut else 0)
+        return tuple(
+            e
+            for e, at in zip(self.logprobs, self.logprob_starts, strict=True)
+            if chars[0] <= at < end
+        )
+
+    def kept_logprobs(self) -> tuple[TokenLogProb, ...] | None:
+        """The entries of what the output kept (a stop string or a limit cut the rest)."""
+        return self.chunk_logprobs((0, len(self.token_ids)), (0, len(self.text)), last=True)
 
     def safe_length(self, stops: Sequence[str] | None) -> int:
         """How much text can be streamed: all but a suffix that may begin a stop string."""
@@ -66,6 +104,9 @@ class SampleRecord:
             prompt_index=self.prompt_index,
             sample_index=self.sample_index,
             prompt_tokens=self.prompt_tokens,
+            logprobs=self.kept_logprobs(),
+            aligned_mean_logprob=self.mean_logprobs[ALIGNED],
+            base_mean_logprob=self.mean_logprobs[BASE],
         )
 
 
@@ -187,7 +228,9 @@ class TextSample(SampleRecord):
         if limit is not None:
             # Re-tokenizing can spell a word with more aligned ids than the writer's tokens:
             # the user's limit is on the reported ids.
+            written = len(self.text)
             self.keep_tokens(limit)
+            self.cut = self.cut or len(self.text) < written
         self.finish_reason = reason
 
     def check_stop(self, stops: Sequence[str], longest: int, delta: str) -> bool:
@@ -203,7 +246,7 @@ class TextSample(SampleRecord):
             del self.token_ids[piece.first_token :], self.sources[piece.first_token :]
             del self.ends[piece.first_token :]
             self.frozen, self.writer = piece.start, piece.source
-        self.text = self.text[:cut]
+        self.text, self.cut = self.text[:cut], True
         self.detokenizer = None  # the text is final: nothing held back may follow the cut
         self.finish("stop")
         return True

@@ -227,11 +227,19 @@ class Step:
         writers_host: list[int],
         randomness: RowRandomness,
         continuation: torch.Tensor,
+        record: bool = False,
     ) -> None:
         self.pair, self.groups = pair, groups
         self.writers, self.writers_host = writers, writers_host
         self.randomness, self.continuation = randomness, continuation
         self.scores = StepScores(bridge, rows, writers_host, groups)
+        #: With ``record`` (a call asked for log-probs): each row's scores its token was
+        #: drawn from, ``[rows, width]``.
+        self.drawn_from = (
+            torch.full((len(writers_host), pair.width), float("-inf"), device=writers.device)
+            if record
+            else None
+        )
 
     def run(self) -> tuple[torch.Tensor, torch.Tensor]:
         """``(tokens, sources)``, one per row."""
@@ -267,6 +275,8 @@ class Step:
                 )
                 index = torch.tensor(rows, device=stay.device)
                 stay[index] = _draw(group, scores, rows, self.randomness)
+                if self.drawn_from is not None:
+                    self.drawn_from[group.slice] = scores
                 for row in rows:  # a model that samples itself: its engine's draw
                     if (token := self.scores.proposal(group, self.writers_host[row], row)) >= 0:
                         stay[row] = token
@@ -353,6 +363,8 @@ class Step:
                 index = torch.tensor(rows, device=fresh.device)
                 fresh[index] = _draw(group, scores, rows, self.randomness)
                 self._take_proposals(group, rows, want_host, fresh)
+                if self.drawn_from is not None:
+                    self.drawn_from[index] = scores[[r - group.start for r in rows]]
         return fresh, switch
 
     def _take_proposals(

@@ -64,6 +64,9 @@ class RowSettings:
     seed: int | None = None
     #: True once the row's call was cancelled (read from any thread).
     abandoned: Callable[[], bool] = _never
+    #: Record the log-prob of each of the row's response tokens under this model, as its
+    #: forwards run them (:meth:`ModelRunner.response_logprobs`).
+    score: bool = False
 
 
 class RowsFailed(RuntimeError):
@@ -182,6 +185,12 @@ class ModelRunner(ABC):
         """Drop the rows and whatever else the runner holds (connections, threads); the
         engine's ``shutdown`` calls it. A closed runner takes new rows again."""
         self.release()
+
+    def response_logprobs(self, rows: Sequence[int]) -> list[list[float] | None]:
+        """Each row's response tokens' log-probs under this model (temperature 1, nothing
+        truncated), for rows added with ``RowSettings.score``, running pending tokens first;
+        None where the runner cannot tell (a remote engine scores only what it drafts)."""
+        return [None for _ in rows]
 
     @abstractmethod
     def counters(self) -> RunnerCounters:

@@ -59,6 +59,20 @@ def model_facts(model: PreTrainedModel) -> ModelFacts:
     )
 
 
+#: Per-row lists, kept in row order through joins and selections.
+_ROW_LISTS = (
+    "next_position",
+    "run_slots",
+    "pending",
+    "fresh",
+    "scoring",
+    "run_ids",
+    "scored",
+    "pending_scored",
+    "prompt_logits",
+)
+
+
 class TransformersRunner(ModelRunner):
     """A transformers model run in this process (module docstring)."""
 
@@ -98,6 +112,14 @@ class TransformersRunner(ModelRunner):
         self.pending: list[list[int]] = []
         self.fresh: list[bool] = []  # the row's logits are those of its last token
         self._logits = torch.empty(0)
+        # Rows that record their response's log-probs (RowSettings.score): the ids and
+        # log-probs of the tokens run (beside run_slots), the log-probs already known of a
+        # prefix of the pending tokens, and the logits after the prompt (for a rewind to 0).
+        self.scoring: list[bool] = []
+        self.run_ids: list[list[int]] = []
+        self.scored: list[list[float]] = []
+        self.pending_scored: list[list[float]] = []
+        self.prompt_logits: list[torch.Tensor | None] = []
 
     @property
     def facts(self) -> ModelFacts:
@@ -129,16 +151,23 @@ class TransformersRunner(ModelRunner):
         sampling: Sequence[RowSettings] | None = None,
     ) -> None:
         # ``sampling`` is unused: the loop draws from this runner's full distributions.
+        scoring = [s.score for s in sampling] if sampling is not None else [False] * sum(repeats)
         if self.cache is None:
-            self._prefill(prompts, repeats, capacity)
+            self._prefill(prompts, repeats, capacity, scoring)
             return
         if self.static:
             raise ValueError("rows cannot join a static cache; it is sized for one batch")
         joining = TransformersRunner(self.model, self.pad_id)
-        joining._prefill(prompts, repeats, capacity)
+        joining._prefill(prompts, repeats, capacity, scoring)
         self._merge(joining, spare=capacity)
 
-    def _prefill(self, prompts: Sequence[list[int]], repeats: Sequence[int], capacity: int) -> None:
+    def _prefill(
+        self,
+        prompts: Sequence[list[int]],
+        repeats: Sequence[int],
+        capacity: int,
+        scoring: Sequence[bool],
+    ) -> None:
         """Run the left-padded prompts once; prompt ``i``'s cache serves ``repeats[i]`` rows."""
         width = max(len(p) for p in prompts)
         if self.compiled and self.compiled_step is None:
@@ -166,6 +195,13 @@ class TransformersRunner(ModelRunner):
         self.pending = [[] for _ in index]
         self.fresh = [True] * len(index)
         self._logits = last_logits[rows.to(last_logits.device)].float().to(self.device)
+        self.scoring = list(scoring)
+        self.run_ids = [[] for _ in index]
+        self.scored = [[] for _ in index]
+        self.pending_scored = [[] for _ in index]
+        self.prompt_logits = [
+            self._logits[r].clone() if score else None for r, score in enumerate(scoring)
+        ]
 
     def _merge(self, other: TransformersRunner, spare: int) -> None:
         """Append ``other``'s rows (just prefilled). Slots are right-aligned at the merged slot
@@ -177,7 +213,7 @@ class TransformersRunner(ModelRunner):
             shift = slots - runner.slots
             runner.run_slots = [[s + shift for s in row] for row in runner.run_slots]
         self.slots = slots
-        for name in ("next_position", "run_slots", "pending", "fresh"):
+        for name in _ROW_LISTS:
             getattr(self, name).extend(getattr(other, name))
         self._logits = torch.cat([self._logits, other._logits])
         self._forward_passes += other._forward_passes
@@ -186,23 +222,41 @@ class TransformersRunner(ModelRunner):
 
     # ------------------------------------------------------------- rows going on
 
+    @torch.inference_mode()
     def append(self, row: int, tokens: Sequence[int]) -> None:
-        if tokens:
-            self.pending[row].extend(tokens)
-            self.fresh[row] = False
+        if not tokens:
+            return
+        if self.scoring[row] and not self.pending[row]:
+            # The first pending token's log-prob comes from the logits before it; those of
+            # the others from the forward that runs them.
+            before = self._logits[row] if self.fresh[row] else self.prompt_logits[row]
+            assert before is not None
+            self.pending_scored[row] = [torch.log_softmax(before, -1)[tokens[0]].item()]
+        self.pending[row].extend(tokens)
+        self.fresh[row] = False
 
     @torch.inference_mode()
     def rewind(self, row: int, length: int) -> None:
         run = len(self.run_slots[row])
+        repend = self.scoring[row] and 0 < length < run
+        if repend:
+            # The logits after the kept prefix were dropped with the rest: its last token
+            # runs again (same position, same context) so the next token's log-prob is known.
+            length -= 1
+            again, again_score = self.run_ids[row][length], self.scored[row][length]
         if length >= run:
             del self.pending[row][length - run :]
+            del self.pending_scored[row][length - run :]
             dropped: list[int] = []
         else:
             dropped = self.run_slots[row][length:]
             self.mask[row, dropped] = 0
             del self.run_slots[row][length:]
+            del self.run_ids[row][length:], self.scored[row][length:]
             self.next_position[row] -= len(dropped)
-            self.pending[row] = []
+            self.pending[row], self.pending_scored[row] = [], []
+        if repend:
+            self.pending[row], self.pending_scored[row] = [again], [again_score]
         self.fresh[row] = not self.pending[row] and not dropped
 
     def distributions(self, rows: Sequence[int]) -> Distributions:
@@ -233,9 +287,10 @@ class TransformersRunner(ModelRunner):
             position_ids=positions.to(self.device),
             **{self.cache_argument: self.cache},
             use_cache=True,
-            logits_to_keep=1,
+            logits_to_keep=width if self._scores_block(ran) else 1,
             **extra,
         )
+        self._score_block(out.logits, width, ran)
         logits = out.logits[:, -1].float().to(self.device)
         if call is not self.model:
             logits = logits.clone()  # CUDA graphs reuse their output buffers
@@ -270,8 +325,35 @@ class TransformersRunner(ModelRunner):
             ran.append(row)
         return ids, positions, ran
 
+    def _scores_block(self, ran: list[int]) -> bool:
+        """Whether a scoring row runs tokens whose log-probs only this forward gives."""
+        return any(
+            self.scoring[r] and len(self.pending_scored[r]) < len(self.pending[r]) for r in ran
+        )
+
+    def _score_block(self, logits: torch.Tensor, width: int, ran: list[int]) -> None:
+        """Scoring rows: each pending token's log-prob from the block's logits before it."""
+        for row in ran:
+            tokens, known = self.pending[row], self.pending_scored[row]
+            if not self.scoring[row] or len(known) == len(tokens):
+                continue
+            assert known, "append scores a row's first pending token"
+            start = width - len(tokens)
+            before = logits[row, start + len(known) - 1 : width - 1].float()
+            wanted = torch.tensor(tokens[len(known) :], device=before.device)
+            known += torch.log_softmax(before, -1).gather(1, wanted[:, None])[:, 0].tolist()
+
+    def response_logprobs(self, rows: Sequence[int]) -> list[list[float] | None]:
+        if any(self.pending[r] for r in rows):
+            self._catch_up()
+        return [list(self.scored[r]) if self.scoring[r] else None for r in rows]
+
     def _settle(self, width: int, ran: list[int]) -> None:
         for row in ran:
+            if self.scoring[row]:
+                self.run_ids[row].extend(self.pending[row])
+                self.scored[row].extend(self.pending_scored[row])
+                self.pending_scored[row] = []
             tokens = self.pending[row]
             start = self.slots + width - len(tokens)
             self.run_slots[row].extend(range(start, start + len(tokens)))
@@ -304,7 +386,7 @@ class TransformersRunner(ModelRunner):
         select_rows(self.cache, index, mark_static=self.compiled_step is not None)
         self.mask = self.mask[index]
         self._logits = self._logits[index]
-        for name in ("next_position", "run_slots", "pending", "fresh"):
+        for name in _ROW_LISTS:
             values = getattr(self, name)
             setattr(self, name, [values[r] for r in keep])
 
