@@ -20,6 +20,8 @@ from transformers.convert_slow_tokenizer import bytes_to_unicode
 from ..outputs import LOGPROB_FLOOR, TokenLogProb, TopLogProb
 from .pair import SOURCE_NAMES, Pair
 
+#: A token's text and its own bytes.
+Spelling = tuple[str, tuple[int, ...]]
 _BYTE_FALLBACK = re.compile(r"<0x([0-9A-Fa-f]{2})>")
 _BYTE_LEVEL = {char: byte for byte, char in bytes_to_unicode().items()}
 
@@ -33,15 +35,18 @@ def _decoder_types(tokenizer: PreTrainedTokenizerBase) -> set[str]:
 
 
 @lru_cache(maxsize=16)
-def token_bytes_reader(tokenizer: PreTrainedTokenizerBase) -> Callable[[int], bytes]:
-    """How to read a token's own bytes (OpenAI's ``bytes``: a token may hold part of a
-    character, which its decoded text shows as U+FFFD): byte-level BPE maps each character
-    back to its byte, SentencePiece spells bytes as ``<0xHH>`` and spaces as U+2581; other
-    tokenizers fall back to the decoded text's UTF-8."""
+def token_reader(
+    tokenizer: PreTrainedTokenizerBase,
+) -> Callable[[int], tuple[str, tuple[int, ...]]]:
+    """How to spell a token: its text as the output writes it (special tokens are not
+    written: empty) and its own bytes (OpenAI's ``bytes``: a token may hold part of a
+    character, which its text shows as U+FFFD). Byte-level BPE maps each character back to
+    its byte, SentencePiece spells bytes as ``<0xHH>`` and spaces as U+2581; other tokenizers
+    fall back to the text's UTF-8. Memoised: the same tokens come back at every step."""
     special = set(tokenizer.all_special_ids)
     kinds = _decoder_types(tokenizer)
 
-    def read(token_id: int) -> bytes:
+    def own_bytes(token_id: int, text: str) -> bytes:
         if token_id in special:
             return b""
         raw = str(tokenizer.convert_ids_to_tokens(token_id))
@@ -51,14 +56,14 @@ def token_bytes_reader(tokenizer: PreTrainedTokenizerBase) -> Callable[[int], by
             return bytes([int(match.group(1), 16)])
         if "Replace" in kinds:
             return raw.replace("\u2581", " ").encode("utf-8")
-        return str(tokenizer.decode([token_id])).encode("utf-8")
+        return text.encode("utf-8")
+
+    @lru_cache(maxsize=1 << 16)
+    def read(token_id: int) -> Spelling:
+        text = str(tokenizer.decode([token_id], skip_special_tokens=True))
+        return text, tuple(own_bytes(token_id, text))
 
     return read
-
-
-def _text(pair: Pair, source: int, token_id: int) -> str:
-    """A token's text as the output spells it (special tokens are not written: empty)."""
-    return str(pair.members[source].tokenizer.decode([token_id], skip_special_tokens=True))
 
 
 def _floored(value: float) -> float:
@@ -91,26 +96,22 @@ def token_logprobs(
     entries: dict[int, TokenLogProb] = {}
     for i, row in enumerate(rows):
         source = sources[row]
-        read_bytes = token_bytes_reader(pair.members[source].tokenizer)
+        spell = token_reader(pair.members[source].tokenizer)
         alternatives = tuple(
-            TopLogProb(
-                token=_text(pair, source, token_id),
-                token_id=token_id,
-                logprob=value,
-                bytes=tuple(read_bytes(token_id)),
-            )
+            TopLogProb(token=text, token_id=token_id, logprob=value, bytes=spelled)
             for token_id, value in zip(
                 top_ids[i][: top_k[i]], top_values[i][: top_k[i]], strict=True
             )
             if value > float("-inf")  # fewer than k tokens survived the truncation
+            for text, spelled in [spell(token_id)]
         )
-        text = _text(pair, source, tokens[row])
+        text, spelled = spell(tokens[row])
         entries[row] = TokenLogProb(
             token=text,
             token_id=tokens[row],
             logprob=_floored(drawn[i]),
             source=SOURCE_NAMES[source],
-            bytes=tuple(read_bytes(tokens[row])),
+            bytes=spelled,
             top_logprobs=alternatives,
         )
     return entries

@@ -59,6 +59,14 @@ def model_facts(model: PreTrainedModel) -> ModelFacts:
     )
 
 
+def _logprobs_of(logits: torch.Tensor, tokens: Sequence[int]) -> list[float]:
+    """``log_softmax(logits[i])[tokens[i]]`` for each row, without the softmax's output."""
+    logits = logits.float()
+    wanted = torch.tensor(list(tokens), device=logits.device)
+    chosen = logits.gather(1, wanted[:, None])[:, 0]
+    return (chosen - torch.logsumexp(logits, dim=-1)).tolist()
+
+
 #: Per-row lists, kept in row order through joins and selections.
 _ROW_LISTS = (
     "next_position",
@@ -226,12 +234,13 @@ class TransformersRunner(ModelRunner):
     def append(self, row: int, tokens: Sequence[int]) -> None:
         if not tokens:
             return
-        if self.scoring[row] and not self.pending[row]:
-            # The first pending token's log-prob comes from the logits before it; those of
-            # the others from the forward that runs them.
-            before = self._logits[row] if self.fresh[row] else self.prompt_logits[row]
+        if self.scoring[row] and not self.pending[row] and not self.fresh[row]:
+            # Every response token was dropped (a rewind to 0): the first token's log-prob
+            # comes from the prompt's logits. A fresh row's comes, at the catch-up, from the
+            # logits it holds; the others' from the forward that runs them.
+            before = self.prompt_logits[row]
             assert before is not None
-            self.pending_scored[row] = [torch.log_softmax(before, -1)[tokens[0]].item()]
+            self.pending_scored[row] = [_logprobs_of(before[None], [tokens[0]])[0]]
         self.pending[row].extend(tokens)
         self.fresh[row] = False
 
@@ -271,6 +280,7 @@ class TransformersRunner(ModelRunner):
         if width == 0:
             return
         ids, positions, ran = self._block(width)
+        self._score_first(ran)
         uniform = len(ran) == len(self.pending) and all(len(p) == width for p in self.pending)
         step = self.compiled_step
         call = step if step is not None and width == 1 and uniform else self.model
@@ -331,17 +341,25 @@ class TransformersRunner(ModelRunner):
             self.scoring[r] and len(self.pending_scored[r]) < len(self.pending[r]) for r in ran
         )
 
+    def _score_first(self, ran: list[int]) -> None:
+        """Scoring rows whose first pending token has no log-prob yet: read it from the
+        logits the row holds (those after its last run token), all rows at once."""
+        rows = [r for r in ran if self.scoring[r] and not self.pending_scored[r]]
+        if rows:
+            index = torch.tensor(rows, device=self._logits.device)
+            firsts = _logprobs_of(self._logits[index], [self.pending[r][0] for r in rows])
+            for row, value in zip(rows, firsts, strict=True):
+                self.pending_scored[row] = [value]
+
     def _score_block(self, logits: torch.Tensor, width: int, ran: list[int]) -> None:
         """Scoring rows: each pending token's log-prob from the block's logits before it."""
         for row in ran:
             tokens, known = self.pending[row], self.pending_scored[row]
             if not self.scoring[row] or len(known) == len(tokens):
                 continue
-            assert known, "append scores a row's first pending token"
             start = width - len(tokens)
-            before = logits[row, start + len(known) - 1 : width - 1].float()
-            wanted = torch.tensor(tokens[len(known) :], device=before.device)
-            known += torch.log_softmax(before, -1).gather(1, wanted[:, None])[:, 0].tolist()
+            before = logits[row, start + len(known) - 1 : width - 1]
+            known += _logprobs_of(before, tokens[len(known) :])
 
     def response_logprobs(self, rows: Sequence[int]) -> list[list[float] | None]:
         if any(self.pending[r] for r in rows):
