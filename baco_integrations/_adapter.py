@@ -8,7 +8,7 @@ as traces show them, the ``max_tokens`` alias, which calls can stream) are defin
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Self
 
 from pydantic import Field, model_validator
@@ -16,6 +16,7 @@ from pydantic import Field, model_validator
 from .config import SETTING_NAMES, GenerationSettings
 from .engine import BacoEngine, CacheImplementation
 from .limits import EngineLimits
+from .outputs import BacoOutput, TokenLogProb, TopLogProb
 
 #: The provider name both adapters report, and the prefix of :func:`display_name`.
 PROVIDER = "baco"
@@ -82,6 +83,53 @@ def check_streamable(settings: GenerationSettings) -> None:
             f"streaming returns one sample, but n={settings.n}; call without streaming to get "
             "all n samples, or stream with n=1"
         )
+
+
+def token_bytes(entry: TokenLogProb | TopLogProb) -> list[int]:
+    """A token's UTF-8 bytes, as OpenAI reports them (its text's where the engine recorded
+    none); a byte-level token may hold part of a character."""
+    return list(entry.bytes) if entry.bytes else list(entry.token.encode("utf-8"))
+
+
+def openai_logprobs(entries: Sequence[TokenLogProb]) -> dict[str, Any]:
+    """Token log-probs in the shape of an OpenAI chat completion's ``choice.logprobs``, as
+    LangChain's ChatOpenAI reports them in ``response_metadata["logprobs"]``::
+
+        {"content": [{"token": str, "bytes": [int, ...], "logprob": float,
+                      "top_logprobs": [{"token": str, "bytes": [int, ...], "logprob": float},
+                                       ...]}, ...]}
+
+    One entry per generated token (the writing model's tokens), each with its alternatives
+    most likely first (``top_logprobs=k``; an empty list when none were asked). The chunks of
+    a stream each carry their own tokens' entries: LangChain's ``merge_dicts`` concatenates
+    the ``content`` lists when chunks are added, so the sum holds them all.
+    """
+    return {
+        "content": [
+            {
+                "token": entry.token,
+                "bytes": token_bytes(entry),
+                "logprob": entry.logprob,
+                "top_logprobs": [
+                    {"token": top.token, "bytes": token_bytes(top), "logprob": top.logprob}
+                    for top in entry.top_logprobs
+                ],
+            }
+            for entry in entries
+        ]
+    }
+
+
+def mean_logprobs(output: BacoOutput) -> dict[str, float | None]:
+    """Each model's mean log-prob per token of a finished sample (``aligned_mean_logprob``,
+    ``base_mean_logprob``; None where the model cannot score it) when its call asked for
+    log-probs, else nothing: metadata without ``logprobs`` is unchanged."""
+    if output.logprobs is None:
+        return {}
+    return {
+        "aligned_mean_logprob": output.aligned_mean_logprob,
+        "base_mean_logprob": output.base_mean_logprob,
+    }
 
 
 class EngineSettings(GenerationSettings):

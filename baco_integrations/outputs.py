@@ -52,6 +52,12 @@ class TokenLogProb:
     source: Source
     bytes: tuple[int, ...] = ()
     top_logprobs: tuple[TopLogProb, ...] = ()
+    #: Each model's own log-prob of this token's text (temperature 1, nothing truncated),
+    #: filled when the sample finishes (a finished output and the last streamed chunk);
+    #: across families the sum over that model's tokens starting in the text. None where the
+    #: model cannot score it (a remote engine) or before the sample finished.
+    aligned_logprob: float | None = None
+    base_logprob: float | None = None
 
 
 @dataclass(frozen=True)

@@ -109,9 +109,10 @@ class RunningBatch:
         ]
         if scored:  # each model's mean log-prob of the whole response, read once at the end
             samples = [self.rows[r] for r in scored]
-            means = self.bridge.mean_logprobs(scored, token_list, sources_host, samples)
-            for row, mean in zip(scored, means, strict=True):
-                self.rows[row].mean_logprobs = mean
+            views = self.bridge.response_scores(scored, token_list, sources_host, samples)
+            tokenizers = [member.tokenizer for member in self.pair.members]
+            for sample, by_model in zip(samples, views, strict=True):
+                sample.add_model_scores(by_model, tokenizers)
         keep = [r for r, sample in enumerate(self.rows) if not sample.finished]
         if len(keep) < len(self.rows):
             self._keep(keep)

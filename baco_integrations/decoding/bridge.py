@@ -24,6 +24,7 @@ import torch
 from ..detokenize import IncrementalDetokenizer
 from ..runners import RowSettings
 from .encoding import encode_text
+from .logprobs import Scored
 from .pair import SOURCE_IDS, SOURCE_NAMES, Pair
 from .randomness import row_seed
 from .request import DecodeStats, Request
@@ -87,24 +88,29 @@ class Bridge(ABC):
     ) -> list[int | None]:
         """Give both models the whole kept response of ``rows`` (finishing with ``tokens``,
         drawn from ``sources``) so that each can score it; per row, how many of a view's
-        first tokens spell the kept text (None: all of them)."""
+        first tokens spell the kept text (None: all of them; slicing by None keeps all)."""
 
-    def mean_logprobs(
+    def response_scores(
         self,
         rows: Sequence[int],
         tokens: list[int],
         sources: list[int],
         samples: Sequence[SampleRecord],
-    ) -> list[tuple[float | None, float | None]]:
-        """Each finishing row's mean log-prob of its kept response under each model (by
-        source: aligned, base), in the model's own tokens (None: the runner cannot score,
-        or no tokens)."""
+    ) -> list[tuple[Scored | None, Scored | None]]:
+        """Each finishing row's kept response as each model (by source: aligned, base) sees
+        it, with the model's log-prob of each of its tokens (temperature 1, nothing
+        truncated); None where the runner cannot score."""
         kept = self.finish_views(rows, tokens, sources, samples)
-        means: list[list[float | None]] = []
+        per_model: list[list[Scored | None]] = []
         for view in self.views:
             scores = view.runner.response_logprobs(rows)
-            means.append([_mean(s, k) for s, k in zip(scores, kept, strict=True)])
-        return list(zip(means[0], means[1], strict=True))
+            per_model.append(
+                [
+                    None if score is None else Scored(view.rows[row][:keep], score[:keep])
+                    for row, score, keep in zip(rows, scores, kept, strict=True)
+                ]
+            )
+        return list(zip(per_model[0], per_model[1], strict=True))
 
     def distributions(self, source: int, rows: Sequence[int], writers: Sequence[int]) -> Fetched:
         """``source``'s next-token scores, current for ``rows`` (see :class:`Fetched`)."""
@@ -168,11 +174,6 @@ class Bridge(ABC):
             setattr(stats, f"{name}_synced_tokens", view.synced_tokens)
             setattr(stats, f"{name}_reused_tokens", view.reused_tokens)
         return stats
-
-
-def _mean(scores: list[float] | None, kept: int | None) -> float | None:
-    scores = scores if scores is None or kept is None else scores[:kept]
-    return sum(scores) / len(scores) if scores else None
 
 
 def _row_settings(request: Request, sample_index: int) -> RowSettings:

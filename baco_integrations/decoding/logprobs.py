@@ -8,9 +8,12 @@ tokens. No model runs for them (docs/logprobs.md).
 
 from __future__ import annotations
 
+import bisect
+import dataclasses
 import json
 import re
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from functools import lru_cache
 
 import torch
@@ -18,7 +21,7 @@ from transformers import PreTrainedTokenizerBase
 from transformers.convert_slow_tokenizer import bytes_to_unicode
 
 from ..outputs import LOGPROB_FLOOR, TokenLogProb, TopLogProb
-from .pair import SOURCE_NAMES, Pair
+from .pair import ALIGNED, BASE, SOURCE_NAMES, Pair
 
 #: A token's text and its own bytes.
 Spelling = tuple[str, tuple[int, ...]]
@@ -115,3 +118,71 @@ def token_logprobs(
             top_logprobs=alternatives,
         )
     return entries
+
+
+@dataclass(frozen=True)
+class Scored:
+    """A response as one model sees it (its token ids) and its log-prob of each token
+    (temperature 1, nothing truncated)."""
+
+    ids: list[int]
+    logprobs: list[float]
+
+    @property
+    def mean(self) -> float | None:
+        return sum(self.logprobs) / len(self.logprobs) if self.logprobs else None
+
+
+def _char_starts(tokenizer: PreTrainedTokenizerBase, ids: list[int]) -> list[int]:
+    """Where each id's text starts in the text the ids spell."""
+    return [len(tokenizer.decode(ids[:i], skip_special_tokens=True)) for i in range(len(ids))]
+
+
+def _summed_by_entry(
+    entries: Sequence[TokenLogProb],
+    starts: Sequence[int],
+    model: Scored,
+    tokenizer: PreTrainedTokenizerBase,
+    name: str,
+) -> list[float | None]:
+    """A model's token log-probs summed per entry: the model's own entries are its tokens,
+    in order (one each); any other token goes to the entry its text starts in."""
+    column: list[float | None] = [0.0] * len(entries)
+    own = [i for i, e in enumerate(entries) if e.source == name]
+    next_own = 0
+    for at, token, value in zip(
+        _char_starts(tokenizer, model.ids), model.ids, model.logprobs, strict=True
+    ):
+        mine = own[next_own] if next_own < len(own) else None
+        if mine is not None and entries[mine].token_id == token and at >= starts[mine]:
+            index, next_own = mine, next_own + 1
+        else:
+            index = max(bisect.bisect_right(starts, at) - 1, 0)
+        column[index] = (column[index] or 0.0) + value
+    return column
+
+
+def with_model_logprobs(
+    entries: Sequence[TokenLogProb],
+    starts: Sequence[int] | None,
+    scored: Sequence[Scored | None],
+    tokenizers: Sequence[PreTrainedTokenizerBase],
+) -> list[TokenLogProb]:
+    """``entries`` with each model's log-prob of their text (``aligned_logprob``,
+    ``base_logprob``). With one tokenizer (``starts`` None) entry ``i`` is token ``i`` of
+    both views; across families a model's tokens are summed into the entry their text starts
+    in: a base-written word's aligned log-prob is the sum over the aligned tokens of that
+    word (docs/logprobs.md)."""
+    values: list[list[float | None]] = []
+    for source, (model, tokenizer) in enumerate(zip(scored, tokenizers, strict=True)):
+        column: list[float | None] = [None] * len(entries)
+        if model is not None and starts is None:
+            column[: len(model.logprobs)] = model.logprobs[: len(entries)]
+        elif model is not None and entries:
+            assert starts is not None
+            column = _summed_by_entry(entries, starts, model, tokenizer, SOURCE_NAMES[source])
+        values.append(column)
+    return [
+        dataclasses.replace(entry, aligned_logprob=aligned, base_logprob=base)
+        for entry, aligned, base in zip(entries, values[ALIGNED], values[BASE], strict=True)
+    ]

@@ -16,6 +16,7 @@ from ..detokenize import IncrementalDetokenizer
 from ..outputs import BacoOutput, FinishReason, TokenLogProb
 from ..stops import find_stop, streamable_length
 from .encoding import encode_text, encode_with_ends
+from .logprobs import Scored, with_model_logprobs
 from .pair import ALIGNED, BASE, SOURCE_NAMES, Pair
 
 
@@ -53,6 +54,17 @@ class SampleRecord:
             self.logprobs = []
         self.logprobs.append(entry)
         self.logprob_starts.append(start)
+
+    def add_model_scores(
+        self, scored: Sequence[Scored | None], tokenizers: Sequence[PreTrainedTokenizerBase]
+    ) -> None:
+        """At the finish: each model's (by source) view of the kept response, scored; sets
+        the means and each entry's ``aligned_logprob`` / ``base_logprob``."""
+        first, second = (None if s is None else s.mean for s in scored)
+        self.mean_logprobs = (first, second)
+        if self.logprobs is not None:
+            starts = None if isinstance(self, TokenSample) else self.logprob_starts
+            self.logprobs = with_model_logprobs(self.logprobs, starts, scored, tokenizers)
 
     def chunk_logprobs(
         self, tokens: tuple[int, int], chars: tuple[int, int], last: bool = False

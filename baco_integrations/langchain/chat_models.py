@@ -27,7 +27,7 @@ from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResu
 from langchain_core.runnables import Runnable
 from pydantic import ConfigDict
 
-from .._adapter import PROVIDER, check_streamable
+from .._adapter import PROVIDER, check_streamable, mean_logprobs, openai_logprobs
 from ..config import GenerationSettings
 from ..conversation import ROLE_ALIASES, Role, canonical_role, merge_turns
 from ..outputs import BacoChunk, BacoOutput, Usage
@@ -113,6 +113,15 @@ class ChatBaco(BacoSettingsMixin, BaseChatModel):
     Replies carry ``usage_metadata`` and ``response_metadata`` with the per-token ``sources``
     and ``token_ids`` (aligned-tokenizer ids), the ``base_fraction``, the ``finish_reason`` and
     the model names.
+
+    Token log-probs: with ``logprobs=True`` (a field, or per call: ``chat.invoke(messages,
+    logprobs=True, top_logprobs=3)``) ``response_metadata["logprobs"]`` holds them in
+    ChatOpenAI's shape, ``{"content": [{"token", "bytes", "logprob", "top_logprobs": [{"token",
+    "bytes", "logprob"}, ...]}, ...]}``, one entry per token of the writing model, and
+    ``response_metadata`` also holds each model's mean log-prob per token of the reply
+    (``aligned_mean_logprob``, ``base_mean_logprob``). Streamed chunks carry their own tokens'
+    entries, so the added-up chunks hold the reply's. ``top_logprobs`` is 0 to 20 and needs
+    ``logprobs=True``; without ``logprobs`` there is no ``"logprobs"`` key.
 
     Structured output (:meth:`with_structured_output`) decodes every sample under the schema
     (``method="json_schema"``) or as a JSON object (``"json_mode"``); any call also takes
@@ -329,11 +338,13 @@ class ChatBaco(BacoSettingsMixin, BaseChatModel):
         }
 
     def _finished_metadata(self, output: BacoOutput) -> dict[str, Any]:
-        """What a reply reports once, besides the per-token ``sources`` and ``token_ids``."""
+        """What a reply reports once, besides the per-token ``sources``, ``token_ids`` and
+        ``logprobs``: with log-probs, each model's mean log-prob of the reply as well."""
         return {
             **self._metadata(),
             "finish_reason": output.finish_reason,
             "base_fraction": output.base_fraction,
+            **mean_logprobs(output),
         }
 
     def _result(self, samples: list[BacoOutput]) -> ChatResult:
@@ -345,6 +356,8 @@ class ChatBaco(BacoSettingsMixin, BaseChatModel):
                 "sources": list(output.sources),
                 "token_ids": list(output.token_ids),
             }
+            if output.logprobs is not None:
+                metadata["logprobs"] = openai_logprobs(output.logprobs)
             message = AIMessage(
                 content=output.text,
                 usage_metadata=usage_metadata(Usage.of([output])),
@@ -363,14 +376,17 @@ class ChatBaco(BacoSettingsMixin, BaseChatModel):
         """One streamed piece as a chat chunk.
 
         Every chunk's ``response_metadata["sources"]`` and ``["token_ids"]`` list its tokens'
-        sources and ids (LangChain concatenates the lists when chunks are added); the last
-        chunk carries the usage, the ``finish_reason``, the ``base_fraction`` and the model
+        sources and ids, and with log-probs ``["logprobs"]["content"]`` its tokens' entries
+        (LangChain concatenates the lists when chunks are added); the last chunk carries the
+        usage, the ``finish_reason``, the ``base_fraction``, the mean log-probs and the model
         names, exactly once, read from the finished sample.
         """
         metadata: dict[str, Any] = {
             "sources": list(chunk.sources),
             "token_ids": list(chunk.token_ids),
         }
+        if chunk.logprobs is not None:
+            metadata["logprobs"] = openai_logprobs(chunk.logprobs)
         if chunk.output is None:
             return ChatGenerationChunk(
                 message=AIMessageChunk(content=chunk.text, response_metadata=metadata)

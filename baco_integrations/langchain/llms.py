@@ -19,22 +19,32 @@ from langchain_core.language_models.base import LangSmithParams
 from langchain_core.outputs import Generation, GenerationChunk, LLMResult
 from pydantic import ConfigDict
 
-from .._adapter import check_streamable, is_streamable
+from .._adapter import check_streamable, is_streamable, mean_logprobs, openai_logprobs
 from ..config import GenerationSettings
 from ..outputs import BacoChunk, BacoOutput, Usage
 from ._common import BacoSettingsMixin
 
 #: generation_info keys that hold one entry per token: a stream's chunks each carry their own
-#: tokens' entries (LangChain concatenates them when chunks are added).
-PER_TOKEN_INFO = ("sources", "token_ids")
+#: tokens' entries (LangChain concatenates them when chunks are added; for ``logprobs``, its
+#: ``content`` list).
+PER_TOKEN_INFO = ("sources", "token_ids", "logprobs")
 
 #: Receives the finished sample at the end of a stream.
 OnFinished = Callable[[BacoOutput], None]
 
 
 def generation_info(output: BacoOutput) -> dict[str, Any]:
-    """What a finished sample reports besides its text."""
-    return {
+    """What a finished sample reports besides its text.
+
+    With ``logprobs=True``, ``"logprobs"`` holds the tokens' log-probs in the shape of
+    OpenAI's *chat* completions (:func:`~baco_integrations._adapter.openai_logprobs`:
+    ``{"content": [{"token", "bytes", "logprob", "top_logprobs"}, ...]}``), the shape ChatBaco
+    reports too, rather than the legacy completions' ``{"tokens", "token_logprobs",
+    "top_logprobs", "text_offset"}``: one shape for both LangChain adapters, with each
+    token's bytes and its alternatives in order. ``aligned_mean_logprob`` and
+    ``base_mean_logprob`` are each model's mean log-prob per token of the sample.
+    """
+    info: dict[str, Any] = {
         "sources": list(output.sources),
         "token_ids": list(output.token_ids),
         "base_fraction": output.base_fraction,
@@ -43,13 +53,18 @@ def generation_info(output: BacoOutput) -> dict[str, Any]:
         "prompt_tokens": output.prompt_tokens,
         "sample_index": output.sample_index,
     }
+    if output.logprobs is not None:
+        info["logprobs"] = openai_logprobs(output.logprobs)
+    return info | mean_logprobs(output)
 
 
 def generation_chunk(chunk: BacoChunk) -> GenerationChunk:
-    """One streamed piece: its tokens' sources and ids; the last piece also carries the rest of
-    :func:`generation_info`, read from the finished sample, so the added-up chunks hold the
-    same ``generation_info`` as a non-streamed generation."""
+    """One streamed piece: its tokens' sources, ids and log-probs; the last piece also carries
+    the rest of :func:`generation_info`, read from the finished sample, so the added-up chunks
+    hold the same ``generation_info`` as a non-streamed generation."""
     info: dict[str, Any] = {"sources": list(chunk.sources), "token_ids": list(chunk.token_ids)}
+    if chunk.logprobs is not None:
+        info["logprobs"] = openai_logprobs(chunk.logprobs)
     if chunk.output is not None:
         finished = generation_info(chunk.output)
         info |= {key: value for key, value in finished.items() if key not in PER_TOKEN_INFO}
@@ -70,6 +85,10 @@ class BacoLLM(BacoSettingsMixin, BaseLLM):
     generations per prompt; each generation's ``generation_info`` carries the per-token
     ``sources`` and ``token_ids`` (aligned-tokenizer ids, e.g. for
     :func:`baco_integrations.source_spans`), the ``base_fraction`` and the ``finish_reason``.
+
+    ``logprobs=True`` (and ``top_logprobs=k``, 0 to 20), as a field or per call, adds each
+    token's log-prob to ``generation_info["logprobs"]`` in OpenAI's chat shape (see
+    :func:`generation_info`), and each model's mean log-prob of the sample.
     """
 
     model_config = ConfigDict(

@@ -23,6 +23,7 @@ from llama_index.core.base.llms.types import (
     CompletionResponseAsyncGen,
     CompletionResponseGen,
     LLMMetadata,
+    LogProb,
     MessageRole,
     TextBlock,
     ThinkingBlock,
@@ -33,11 +34,17 @@ from llama_index.core.llms.custom import CustomLLM
 from llama_index.core.prompts import PromptTemplate
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from .._adapter import EngineSettings, check_streamable
+from .._adapter import (
+    EngineSettings,
+    check_streamable,
+    mean_logprobs,
+    openai_logprobs,
+    token_bytes,
+)
 from ..config import GenerationSettings, Source
 from ..constraints import Constraint
 from ..conversation import ROLE_ALIASES, Role, canonical_role, merge_turns
-from ..outputs import BacoChunk, BacoOutput, Usage, base_fraction
+from ..outputs import BacoChunk, BacoOutput, TokenLogProb, Usage, base_fraction
 from ..prompts import Prompt
 
 if TYPE_CHECKING:
@@ -88,41 +95,71 @@ def to_conversation(messages: Sequence[ChatMessage]) -> list[dict[str, str]]:
     return merge_turns(_turn(message) for message in messages)
 
 
+def token_logprobs(entry: TokenLogProb) -> list[LogProb]:
+    """One generated token's ``LogProb`` list, as LlamaIndex's OpenAI LLM fills it
+    (``from_openai_token_logprob``): the token's ``top_logprobs`` alternatives, most likely
+    first; with ``top_logprobs=0`` (none asked) the drawn token alone."""
+    chosen = entry.top_logprobs or (entry,)
+    return [LogProb(token=t.token, logprob=t.logprob, bytes=token_bytes(t)) for t in chosen]
+
+
+def logprobs_info(entries: Sequence[TokenLogProb] | None) -> dict[str, Any]:
+    """``{"logprobs": <OpenAI chat shape>}`` when log-probs were asked, else nothing: every
+    token's own log-prob with its alternatives, which ``response.logprobs`` (alternatives
+    only, as LlamaIndex's OpenAI LLM reports them) may not hold."""
+    return {} if entries is None else {"logprobs": openai_logprobs(entries)}
+
+
 def sample_info(output: BacoOutput) -> dict[str, Any]:
-    """One finished sample as plain data."""
+    """One finished sample as plain data (with log-probs and each model's mean log-prob when
+    they were asked)."""
     return {
         "text": output.text,
         "sources": list(output.sources),
         "base_fraction": output.base_fraction,
         "finish_reason": output.finish_reason,
         "num_tokens": output.num_tokens,
+        **logprobs_info(output.logprobs),
+        **mean_logprobs(output),
     }
 
 
 def _completion_response(outputs: Sequence[BacoOutput]) -> CompletionResponse:
     """One prompt's samples as a response; sample 0 is its text, all n are in ``samples``."""
     first, usage = outputs[0], Usage.of(outputs).as_dict()
+    logprobs = None
+    if first.logprobs is not None:
+        logprobs = [token_logprobs(entry) for entry in first.logprobs]
     return CompletionResponse(
         text=first.text,
         additional_kwargs={
             "sources": list(first.sources),
             "base_fraction": first.base_fraction,
             "finish_reason": first.finish_reason,
+            **logprobs_info(first.logprobs),
+            **mean_logprobs(first),
             **usage,
             "samples": [sample_info(o) for o in outputs],
         },
         raw={"usage": usage, "outputs": outputs},
+        logprobs=logprobs,
     )
 
 
 class _RunningResponse:
     """Turns one sample's chunks into streamed responses: each with the new ``delta`` and the
-    running text, sources and base fraction; the last also with the finish reason and usage,
-    read from the finished sample the engine's last chunk carries."""
+    running text, sources and base fraction (and log-probs, when asked: ``logprobs`` and
+    ``additional_kwargs["logprobs"]`` hold every token so far, as ``text`` does); the last
+    also with the finish reason, usage and mean log-probs, read from the finished sample the
+    engine's last chunk carries."""
 
     def __init__(self) -> None:
         self.text = ""
         self.sources: list[Source] = []
+        # With log-probs: every token so far, in OpenAI's chat shape and as LogProb lists
+        # (each built once; a response copies the lists, not the entries).
+        self.content: list[dict[str, Any]] = []
+        self.logprobs: list[list[LogProb]] = []
 
     def response(self, chunk: BacoChunk) -> CompletionResponse:
         self.text += chunk.text
@@ -132,12 +169,28 @@ class _RunningResponse:
             "sources": list(self.sources),
             "base_fraction": base_fraction(self.sources),
         }
+        logprobs = None
+        if chunk.logprobs is not None:
+            self.content.extend(openai_logprobs(chunk.logprobs)["content"])
+            self.logprobs.extend(token_logprobs(entry) for entry in chunk.logprobs)
+            info["logprobs"] = {"content": list(self.content)}
+            logprobs = list(self.logprobs)
         raw: dict[str, Any] = {"chunk": chunk}
         if chunk.output is not None:
             usage = Usage.of([chunk.output]).as_dict()
-            info |= {"finish_reason": chunk.output.finish_reason, **usage}
+            info |= {
+                "finish_reason": chunk.output.finish_reason,
+                **mean_logprobs(chunk.output),
+                **usage,
+            }
             raw |= {"usage": usage, "outputs": [chunk.output]}
-        return CompletionResponse(text=self.text, delta=chunk.text, additional_kwargs=info, raw=raw)
+        return CompletionResponse(
+            text=self.text,
+            delta=chunk.text,
+            additional_kwargs=info,
+            raw=raw,
+            logprobs=logprobs,
+        )
 
 
 def _chat_response(response: CompletionResponse) -> ChatResponse:
@@ -145,6 +198,7 @@ def _chat_response(response: CompletionResponse) -> ChatResponse:
     return ChatResponse(
         message=ChatMessage(role=MessageRole.ASSISTANT, content=response.text),
         delta=response.delta,
+        logprobs=response.logprobs,
         additional_kwargs=response.additional_kwargs,
         raw=response.raw,
     )
@@ -163,6 +217,17 @@ class BacoLLM(EngineSettings, CustomLLM):
     Responses carry the per-token ``sources``, the ``base_fraction``, the ``finish_reason``,
     all ``samples`` (``n`` of them) and token counts in ``additional_kwargs``; token counts
     also in ``raw["usage"]``, where LlamaIndex's token counter reads them.
+
+    Token log-probs: with ``logprobs=True`` (and ``top_logprobs=k``, 0 to 20; a field or per
+    call) a response's ``logprobs`` is LlamaIndex's ``List[List[LogProb]]``, one inner list
+    per generated token (the writing model's tokens), filled as LlamaIndex's OpenAI LLM fills
+    it: the token's ``k`` most likely alternatives, most likely first, or with ``k = 0`` the
+    drawn token alone. ``additional_kwargs["logprobs"]`` holds them in OpenAI's chat shape
+    (``{"content": [{"token", "bytes", "logprob", "top_logprobs"}, ...]}``: the drawn token's
+    own log-prob next to its alternatives), and ``additional_kwargs`` each model's mean
+    log-prob per token (``aligned_mean_logprob``, ``base_mean_logprob``); each of
+    ``samples`` has all three too. A streamed response holds every token so far, as its
+    ``text`` does. Without ``logprobs`` the response's ``logprobs`` is None.
 
     ``system_prompt`` is one field with one meaning for LlamaIndex and the engine: the
     aligned model's system message (the base model never sees it). It is applied to every

@@ -6,7 +6,18 @@ The OpenAI sampling fields (``n``, ``temperature``, ``top_p``, ``seed``, ``stop`
 one :class:`~baco_integrations.GenerationSettings`, so a bad value is refused with the same
 message as in-process. Any other field is refused by name. ``response_format`` (JSON schema or
 JSON object) becomes BACO's ``constraint``: every sample is decoded under it. OpenAI features
-BACO does not have (tools, logprobs, penalties, ...) are refused unless left "off".
+BACO does not have (tools, penalties, ...) are refused unless left "off".
+
+Token log-probs (docs/logprobs.md) are BACO's ``logprobs`` / ``top_logprobs`` settings:
+
+* chat: ``logprobs`` (a boolean) and ``top_logprobs`` (0 to 20, OpenAI's range; it needs
+  ``logprobs: true``, as in OpenAI's API);
+* legacy completions: ``logprobs`` is an integer k, the alternatives to list per token (the
+  sampled token's own log-prob is always reported). OpenAI allows 0 to 5; BACO allows 0 to 20,
+  the chat endpoint's range (``MAX_TOP_LOGPROBS``, vLLM's cap too), since listing more costs
+  no extra forward.
+
+Each log-prob is the writing model's, under the distribution its token was drawn from.
 """
 
 from __future__ import annotations
@@ -30,11 +41,6 @@ MAX_TOKENS_NAMES = ("max_completion_tokens", "max_tokens", "max_new_tokens")
 #: BACO settings a request may add as extra fields.
 BACO_FIELDS = tuple(name for name in SETTING_NAMES if name not in OPENAI_SETTINGS)
 
-LOGPROBS_WHY = (
-    "the BACO engine does not record token probabilities yet, so the probability of each "
-    "token under the model that wrote it cannot be reported; omit it"
-)
-
 
 def _off(*values: Any) -> Callable[[Any], bool]:
     return lambda value: value is None or any(value == v for v in values)
@@ -57,7 +63,6 @@ UNSUPPORTED: dict[str, tuple[Callable[[Any], bool], str]] = {
     "web_search_options": (_off(), "BACO has no web search"),
     "echo": (_off(False), "BACO does not echo the prompt"),
     "suffix": (_off(""), "BACO does not insert text before a suffix"),
-    "top_logprobs": (_off(), LOGPROBS_WHY),
 }
 
 
@@ -112,8 +117,8 @@ class ChatMessage(BaseModel):
 
 class ChatCompletionRequest(_Request):
     messages: list[ChatMessage]
-    logprobs: bool | None = None
-    top_logprobs: Any = None
+    logprobs: StrictBool | None = None
+    top_logprobs: Any = None  # validated by GenerationSettings
     tools: Any = None
     functions: Any = None
     tool_choice: Any = None
@@ -130,7 +135,7 @@ class ChatCompletionRequest(_Request):
 
 class CompletionRequest(_Request):
     prompt: Any
-    logprobs: Any = None
+    logprobs: Any = None  # an integer: top_logprobs (validated by GenerationSettings)
     echo: Any = None
     suffix: Any = None
     best_of: Any = None
@@ -152,9 +157,11 @@ class Call:
 
 def chat_call(body: ChatCompletionRequest, config: ServerConfig) -> Call:
     _refuse_unsupported(body)
-    if body.logprobs:
-        raise bad_request(f"logprobs is not supported: {LOGPROBS_WHY}", "logprobs", "unsupported")
     implied: dict[str, tuple[str, Any]] = {}
+    if body.logprobs is not None:
+        implied["logprobs"] = ("logprobs", body.logprobs)
+    if body.top_logprobs is not None:
+        implied["top_logprobs"] = ("top_logprobs", body.top_logprobs)
     constraint = constraint_of(body.response_format)
     if constraint is not None:
         implied["constraint"] = ("response_format", constraint)
@@ -189,13 +196,16 @@ def constraint_of(response_format: Any) -> dict[str, Any] | None:
 
 def completion_call(body: CompletionRequest, config: ServerConfig) -> Call:
     _refuse_unsupported(body)
-    if body.logprobs is not None:
-        raise bad_request(f"logprobs is not supported: {LOGPROBS_WHY}", "logprobs", "unsupported")
+    implied: dict[str, tuple[str, Any]] = {}
+    if body.logprobs is not None:  # legacy: logprobs=k asks for k alternatives per token
+        implied["logprobs"] = ("logprobs", True)
+        implied["top_logprobs"] = ("logprobs", body.logprobs)
     if body.best_of is not None and body.best_of != (body.n or 1):
         raise bad_request(
             "best_of is not supported: BACO returns every sample it draws; use n", "best_of"
         )
-    return _call(body, completion_prompts(body.prompt, config.max_prompts), "prompt", config)
+    prompts = completion_prompts(body.prompt, config.max_prompts)
+    return _call(body, prompts, "prompt", config, implied)
 
 
 def _call(

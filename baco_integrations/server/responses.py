@@ -1,13 +1,22 @@
 """Responses and stream chunks in OpenAI's wire format, each choice with its provenance.
 
 Every choice carries an extra ``"baco"`` object, which standard clients ignore: for a finished
-choice its ``base_fraction`` (share of tokens the base model wrote) and ``spans`` (runs of text
-by the model that wrote them, joining to the choice's text); for a streamed piece the
-``source`` of its text.
+choice its ``base_fraction`` (share of tokens the base model wrote), ``spans`` (runs of text
+by the model that wrote them, joining to the choice's text) and each model's mean log-prob per
+token of the text, ``aligned_mean_logprob`` and ``base_mean_logprob`` (numbers when the request
+asked for log-probs and the model could score the text; null otherwise); for a streamed piece
+the ``source`` of its text.
+
+Token log-probs (``logprobs``) are in OpenAI's two shapes: chat's
+``{"content": [{"token", "bytes", "logprob", "top_logprobs": [{"token", "bytes", "logprob"}]}],
+"refusal": null}`` and the legacy completions' ``{"tokens", "token_logprobs", "top_logprobs",
+"text_offset"}``. A streamed chunk's choice carries the entries of its own tokens (the writer's
+tokens whose text starts in that chunk), so a stream's entries joined are the whole answer's.
 """
 
 from __future__ import annotations
 
+import codecs
 import json
 import time
 import uuid
@@ -17,7 +26,7 @@ from typing import Any
 
 from transformers import PreTrainedTokenizerBase
 
-from ..outputs import BacoOutput, Usage
+from ..outputs import BacoOutput, TokenLogProb, TopLogProb, Usage
 from ..render import source_spans
 
 #: OpenAI's ``system_fingerprint``: which server configuration answered.
@@ -49,13 +58,88 @@ class Reply:
 
 
 def provenance(output: BacoOutput, tokenizer: PreTrainedTokenizerBase) -> dict[str, Any]:
-    """Which model wrote what: the base share and the text's spans by source."""
+    """Which model wrote what (the base share and the text's spans by source), and how
+    likely each model finds the text (null unless log-probs were asked)."""
     return {
         "base_fraction": output.base_fraction,
         "spans": [
             {"text": text, "source": source} for text, source in source_spans(output, tokenizer)
         ],
+        "aligned_mean_logprob": output.aligned_mean_logprob,
+        "base_mean_logprob": output.base_mean_logprob,
     }
+
+
+# ------------------------------------------------------------------------- log-probs
+
+
+def _bytes(entry: TokenLogProb | TopLogProb) -> bytes:
+    """A token's UTF-8 bytes (its text's, where the engine recorded none)."""
+    return bytes(entry.bytes) if entry.bytes else entry.token.encode("utf-8")
+
+
+def chat_logprobs(entries: Sequence[TokenLogProb]) -> dict[str, Any]:
+    """Chat's ``choice.logprobs``: one entry per token, its alternatives most likely first."""
+    return {
+        "content": [
+            {
+                "token": entry.token,
+                "bytes": list(_bytes(entry)),
+                "logprob": entry.logprob,
+                "top_logprobs": [
+                    {"token": top.token, "bytes": list(_bytes(top)), "logprob": top.logprob}
+                    for top in entry.top_logprobs
+                ],
+            }
+            for entry in entries
+        ],
+        "refusal": None,
+    }
+
+
+class LegacyLogprobs:
+    """The legacy completions' ``choice.logprobs`` of one choice, chunk after chunk.
+
+    ``text_offset`` is each token's offset in the choice's text, in characters, continuing
+    across the chunks of a stream; a token that starts inside a character (a byte-level token
+    holding part of it) has the offset of that character. ``top_logprobs`` maps the k most
+    likely tokens to their log-probs and always holds the sampled token (so up to k + 1
+    entries, as in OpenAI's API); where two tokens read the same, the likelier one is kept.
+    """
+
+    def __init__(self) -> None:
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._chars = 0
+
+    def add(self, entries: Sequence[TokenLogProb]) -> dict[str, Any]:
+        """The legacy shape of the next ``entries`` of this choice."""
+        offsets = []
+        tops = []
+        for entry in entries:
+            offsets.append(self._chars)
+            self._chars += len(self._decoder.decode(_bytes(entry)))
+            top: dict[str, float] = {}
+            for alternative in entry.top_logprobs:
+                top.setdefault(alternative.token, alternative.logprob)
+            top.setdefault(entry.token, entry.logprob)
+            tops.append(top)
+        return {
+            "tokens": [entry.token for entry in entries],
+            "token_logprobs": [entry.logprob for entry in entries],
+            "top_logprobs": tops,
+            "text_offset": offsets,
+        }
+
+
+def choice_logprobs(
+    chat: bool, entries: Sequence[TokenLogProb] | None, legacy: LegacyLogprobs | None = None
+) -> dict[str, Any] | None:
+    """A choice's ``logprobs`` in its endpoint's shape: null when none were asked."""
+    if entries is None:
+        return None
+    if chat:
+        return chat_logprobs(entries)
+    return (legacy or LegacyLogprobs()).add(entries)
 
 
 def response(
@@ -72,7 +156,7 @@ def response(
             choice["message"] = {"role": "assistant", "content": output.text, "refusal": None}
         else:
             choice["text"] = output.text
-        choice["logprobs"] = None
+        choice["logprobs"] = choice_logprobs(reply.chat, output.logprobs)
         choice["finish_reason"] = output.finish_reason
         choice["baco"] = provenance(output, tokenizer)
         choices.append(choice)
@@ -88,8 +172,10 @@ def stream_choice(
     *,
     role: bool = False,
     baco: dict[str, Any] | None = None,
+    logprobs: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """One choice of a stream chunk: a delta (chat) or a text piece (completions)."""
+    """One choice of a stream chunk: a delta (chat) or a text piece (completions), with the
+    log-probs of its tokens (:func:`choice_logprobs`) when they were asked."""
     choice: dict[str, Any] = {"index": index}
     if reply.chat:
         delta: dict[str, Any] = {"role": "assistant"} if role else {}
@@ -98,7 +184,7 @@ def stream_choice(
         choice["delta"] = delta
     else:
         choice["text"] = text
-    choice["logprobs"] = None
+    choice["logprobs"] = logprobs
     choice["finish_reason"] = finish_reason
     if baco is not None:
         choice["baco"] = baco

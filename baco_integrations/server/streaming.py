@@ -2,7 +2,8 @@
 
 A chat stream opens with the role of every choice (``delta: {"role": "assistant"}``), then
 sends each piece of text as the engine delivers it, the choices of ``n`` interleaved by
-``index``; a choice's last chunk has its ``finish_reason`` and its provenance. With
+``index``; a choice's last chunk has its ``finish_reason`` and its provenance. When log-probs
+were asked, each chunk's choice carries those of its own tokens (see :mod:`.responses`). With
 ``stream_options.include_usage`` an extra chunk with no choices carries the usage. The stream
 ends with ``data: [DONE]``, or with an error event if decoding failed mid-way.
 """
@@ -21,7 +22,16 @@ from ..decoding.scheduler import EngineOverloaded
 from ..outputs import BacoChunk, BacoOutput, Usage
 from .errors import error_body, logger, overloaded
 from .metrics import Metrics
-from .responses import SSE_DONE, Reply, chunk, provenance, sse, stream_choice
+from .responses import (
+    SSE_DONE,
+    LegacyLogprobs,
+    Reply,
+    choice_logprobs,
+    chunk,
+    provenance,
+    sse,
+    stream_choice,
+)
 
 #: A prompt's index in its request, and one chunk of its stream.
 Piece = tuple[int, BacoChunk]
@@ -47,6 +57,8 @@ async def events(context: StreamContext, pieces: AsyncIterator[Piece]) -> AsyncI
     reply, include_usage = context.reply, context.include_usage
     #: Each prompt is its own engine call here, so usage is added up per call.
     outputs: dict[int, list[BacoOutput]] = {}
+    #: The legacy log-probs of each choice (their text offsets run on across its chunks).
+    legacy: dict[int, LegacyLogprobs] = {}
     waiting_first = True
     try:
         if reply.chat:
@@ -63,7 +75,12 @@ async def events(context: StreamContext, pieces: AsyncIterator[Piece]) -> AsyncI
                 baco = provenance(piece.output, context.tokenizer)
             else:
                 baco = {"source": piece.source}
-            choice = stream_choice(reply, index, piece.text, piece.finish_reason, baco=baco)
+            if piece.logprobs is not None and not reply.chat and index not in legacy:
+                legacy[index] = LegacyLogprobs()
+            logprobs = choice_logprobs(reply.chat, piece.logprobs, legacy.get(index))
+            choice = stream_choice(
+                reply, index, piece.text, piece.finish_reason, baco=baco, logprobs=logprobs
+            )
             yield sse(chunk(reply, [choice], include_usage=include_usage))
         usage = sum((Usage.of(call) for call in outputs.values()), Usage())
         finished = [output for call in outputs.values() for output in call]

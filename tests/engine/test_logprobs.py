@@ -3,6 +3,7 @@ it was drawn from, read from the forwards the loop already runs (docs/logprobs.m
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -14,6 +15,10 @@ from baco_integrations.outputs import TokenLogProb
 from baco_integrations.testing import TinyPair
 
 PROMPTS = ["Write a poem about the sea.", "Ideas for a coffee shop"]
+
+
+def _without_models(entry: TokenLogProb) -> TokenLogProb:
+    return dataclasses.replace(entry, aligned_logprob=None, base_logprob=None)
 
 
 def _spelled(entries) -> str:
@@ -139,7 +144,9 @@ def test_stream_chunks_carry_their_tokens_entries(engine: BacoEngine) -> None:
         assert chunk.logprobs is not None
         streamed.extend(chunk.logprobs)
     assert whole.logprobs is not None
-    assert streamed == list(whole.logprobs)
+    # both models' own values are known once the sample finished: in the last chunk only
+    assert [_without_models(e) for e in streamed] == [_without_models(e) for e in whole.logprobs]
+    assert streamed[-1] == whole.logprobs[-1]
 
 
 def test_stop_string_cuts_the_entries_with_the_text(engine: BacoEngine) -> None:
@@ -309,3 +316,43 @@ def test_runner_scores_survive_rewinds_and_joins(tiny_pair: TinyPair) -> None:
     for r in (0, 2):
         expected = _own_logprobs(tiny_pair.base_dir, prompts[r], responses[r])
         assert scores[r] == pytest.approx(expected, abs=1e-4)
+
+
+def test_entries_carry_both_models_own_logprobs(engine: BacoEngine, tiny_pair: TinyPair) -> None:
+    outs = engine.generate(
+        PROMPTS[1], router="P-PUNC", gamma=0.5, n=2, max_new_tokens=16, seed=8, logprobs=True
+    )
+    ids = engine.encode_prompts(PROMPTS[1])
+    for out in outs[0]:
+        assert out.logprobs is not None
+        for side, model_dir in (("base", tiny_pair.base_dir), ("aligned", tiny_pair.aligned_dir)):
+            own = _own_logprobs(model_dir, ids[side], list(out.token_ids))
+            got = [getattr(e, f"{side}_logprob") for e in out.logprobs]
+            assert got == pytest.approx(own, abs=1e-4)
+        # at temperature 1 without truncation the writer's entry is its own log-prob, but
+        # where it took the row over (its distribution was restricted to word starts)
+        for before, entry in zip((None, *out.logprobs), out.logprobs, strict=False):
+            if before is None or before.source == entry.source:
+                own = getattr(entry, f"{entry.source}_logprob")
+                assert entry.logprob == pytest.approx(own, abs=1e-4)
+
+
+def test_cross_family_words_sum_each_models_tokens(cross_engine: BacoEngine) -> None:
+    """Each model's tokens are split among the writer's entries: the entries' values add up
+    to the model's whole log-prob of the text (its mean times its token count)."""
+    from baco_integrations.decoding.encoding import encode_text
+
+    ((out,),) = cross_engine.generate(
+        PROMPTS[0], router="aligned", max_new_tokens=20, seed=3, logprobs=True
+    )
+    assert out.logprobs is not None and out.base_mean_logprob is not None
+    base = [e.base_logprob for e in out.logprobs]
+    assert all(v is not None and v <= 0.0 for v in base)
+    count = len(encode_text(cross_engine.base_tokenizer, out.text))
+    assert sum(v for v in base if v is not None) == pytest.approx(
+        out.base_mean_logprob * count, abs=1e-3
+    )
+    # the writer's own view is its tokens: one each
+    for entry in out.logprobs:
+        assert entry.aligned_logprob is not None
+        assert entry.logprob == pytest.approx(entry.aligned_logprob, abs=1e-4)
