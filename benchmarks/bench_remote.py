@@ -156,6 +156,8 @@ def run(args: argparse.Namespace, pair: OfflinePair | None) -> list[dict[str, An
         "max_new_tokens": args.length,
         "seed": 0,
     }
+    if args.gate:
+        settings["gate"] = args.gate
     local = local_engine(args, pair)
     rows: list[dict[str, Any]] = []
     with endpoints(args, pair) as urls:
@@ -210,6 +212,12 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--router", default="P-PUNC")
     parser.add_argument("--gamma", type=float, default=0.2, help="0.2: a base share near 0.3")
+    parser.add_argument(
+        "--gate",
+        choices=["base", "aligned"],
+        help="the model P/H read (default: the router's own, base): with aligned, the base "
+        "model is asked only at the words it writes",
+    )
     parser.add_argument("--prompts", type=int, default=8, help="prompts per mode")
     parser.add_argument("--length", type=int, default=32)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8])
@@ -231,6 +239,7 @@ def main(argv: list[str] | None = None) -> None:
     meta = {
         "router": args.router,
         "gamma": args.gamma,
+        "gate": args.gate or "base",
         "length": args.length,
         "prompts": args.prompts,
         "repeats": args.repeats,
@@ -240,8 +249,9 @@ def main(argv: list[str] | None = None) -> None:
         or f"llama-server {llama_server.VERSION}",
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "remote.md").write_text(f"{json.dumps(meta)}\n\n{table(rows)}\n", encoding="utf-8")
-    (args.out / "remote.json").write_text(
+    stem = f"remote-gate-{args.gate}" if args.gate else "remote"
+    (args.out / f"{stem}.md").write_text(f"{json.dumps(meta)}\n\n{table(rows)}\n", encoding="utf-8")
+    (args.out / f"{stem}.json").write_text(
         json.dumps({"meta": meta, "rows": rows}, indent=2), encoding="utf-8"
     )
     print(table(rows))
