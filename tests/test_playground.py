@@ -1,15 +1,18 @@
 """The playground page (``/``) driven in a real headless Chromium against the server on the
-tiny pair: type a prompt, run n=3, see three samples with coloured base words and a base
-share, run compare mode, save a screenshot. Skipped when Playwright or Chromium is missing
-(``.ci/run`` installs both). Also the page's files and the diversity endpoint over HTTP."""
+tiny pair: type a prompt, run n=3, see three samples with coloured base words, a base share
+and a mean log-prob, hover a word for its log-prob, run compare mode, save a screenshot.
+Skipped when Playwright or Chromium is missing (``.ci/run`` installs both). Also the page's
+files and the diversity endpoint over HTTP."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -22,6 +25,8 @@ from baco_integrations.server.testing import LiveServer, running_server
 from baco_integrations.testing import HANG_GUARD_S
 
 KEY = "playground-key"
+#: A log-prob as the page shows it (a true minus sign, two decimals).
+LOGPROB = r"\u2212?\d+\.\d\d"
 #: Flags for Chromium on a closed network (no background connections) in a container.
 CHROMIUM_ARGS = [
     "--headless",
@@ -140,6 +145,9 @@ def drive(
             assert page.locator(".group[data-kind=baco] .sample[data-done=true]").count() == 3
             for i in range(3):
                 assert baco.nth(i).locator(".share strong").inner_text().endswith("%")
+                shown = baco.nth(i).locator(".lp").inner_text()
+                assert re.fullmatch(f"aligned log-prob {LOGPROB}/token", shown), shown
+            check_token_titles(page)
             base_words = page.locator(".group[data-kind=baco] .w.base")
             assert base_words.count() > 0
             colour = base_words.first.evaluate("e => getComputedStyle(e).backgroundColor")
@@ -147,9 +155,12 @@ def drive(
             exported = page.evaluate("exported()")
             (group,) = exported["groups"]
             assert group["request"]["body"]["seed"] == 7
+            assert group["request"]["body"]["logprobs"] is True
             for sample in group["samples"]:
                 assert "".join(s["text"] for s in sample["spans"]) == sample["text"]
                 assert sample["base_fraction"] is not None
+                assert isinstance(sample["aligned_mean_logprob"], float)
+                assert sample["logprobs"] and all(e["logprob"] <= 0 for e in sample["logprobs"])
 
             # Compare mode (run from the keyboard): the aligned model alone beside BACO, with
             # diversity figures for both.
@@ -160,6 +171,11 @@ def drive(
             assert aligned.count() == 3
             assert page.locator(".group[data-kind=aligned] .w.base").count() == 0
             assert page.locator(".figure[data-name=distinct-2]").count() == 2
+            means = page.locator(".figure[data-name='mean aligned log-prob']")
+            assert means.count() == 2
+            for i in range(2):
+                shown = means.nth(i).inner_text()
+                assert re.fullmatch(f"mean aligned log-prob {LOGPROB}/token", shown), shown
             page.screenshot(path=str(screenshot), full_page=True)
 
             # Download the samples as JSON, with their provenance.
@@ -180,8 +196,38 @@ def drive(
             page.wait_for_selector("#status[data-state=done]")
             body = page.evaluate("exported()")["groups"][0]["request"]["body"]
             assert body["seed"] == 7 and body["gamma"] == 0.2
+
+            # Plain mode: the legacy endpoint's log-probs (logprobs=k) show the same way.
+            page.uncheck("#compare")
+            page.check("input[name=mode][value=plain]")
+            page.click("#run")
+            page.wait_for_selector("#status[data-state=done]")
+            (plain,) = page.evaluate("exported()")["groups"]
+            assert plain["request"]["endpoint"] == "/v1/completions"
+            assert isinstance(plain["request"]["body"]["logprobs"], int)
+            for sample in plain["samples"]:
+                assert isinstance(sample["aligned_mean_logprob"], float)
+            check_token_titles(page)
         finally:
             browser.close()
+
+
+def check_token_titles(page: Any) -> None:
+    """Each word is drawn per token: hovering one shows its log-prob and its writer, and the
+    page's text is unchanged by the cut (``page``: a Playwright page)."""
+    tokens = page.locator(".group[data-kind=baco] .w.tok")
+    assert tokens.count() > 0
+    word = tokens.first
+    word.hover()
+    title = word.get_attribute("title") or ""
+    assert re.search(f"log-prob {LOGPROB}", title), title
+    assert re.search("written by the (base|aligned) model", title), title
+    # both models' own log-probs of the word
+    assert re.search(f"aligned model {LOGPROB}, base model {LOGPROB}", title), title
+    assert float(word.get_attribute("data-logprob") or "nan") <= 0.0
+    for sample in page.evaluate("exported()")["groups"][0]["samples"]:
+        card = page.locator(f".group[data-kind=baco] .sample[data-index='{sample['index']}']")
+        assert card.locator(".text").evaluate("e => e.textContent") == sample["text"]
 
 
 if __name__ == "__main__":

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -300,3 +301,25 @@ class LogProbScorer:
                 logp = torch.log_softmax(step, dim=-1).gather(-1, targets[:, None])
                 out[i] = float(logp.mean())
         return out
+
+
+#: The key under which a stored sample keeps the aligned model's mean log-prob recorded while
+#: it was decoded (``BacoOutput.aligned_mean_logprob``).
+RECORDED_LOGPROB_KEY = "aligned_logprob"
+
+
+def recorded_aligned_logprobs(samples: Sequence[Mapping[str, Any]]) -> np.ndarray:
+    """Each stored sample's recorded aligned mean log-prob (NaN for an empty response): the
+    ``logprob`` judge's quantity with the aligned model as judge, read from the forwards the
+    engine ran anyway (docs/logprobs.md) instead of a second pass."""
+    values = []
+    for sample in samples:
+        if RECORDED_LOGPROB_KEY not in sample:
+            raise ValueError(
+                "quality metric 'recorded_logprob' needs generations recorded with log-probs; "
+                "these were generated without them: generate again (resume=False) or use "
+                "'logprob'"
+            )
+        value = sample[RECORDED_LOGPROB_KEY]
+        values.append(np.nan if value is None else float(value))
+    return np.asarray(values, dtype=np.float64)

@@ -8,13 +8,13 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from . import lexical, semantic
-from .quality import LogProbScorer, RewardModelScorer
+from .quality import LogProbScorer, RewardModelScorer, recorded_aligned_logprobs
 
 MetricGroup = Literal["lexical", "semantic", "quality"]
 #: What ``fn`` consumes: ``"responses"`` -> ``fn(responses: Sequence[str]) -> float``;
 #: ``"embeddings"`` -> ``fn(embeddings: np.ndarray) -> float``; ``"pairs"`` -> ``fn`` is a
 #: scorer class, ``fn(model, ...).score(prompts, responses) -> np.ndarray``.
-MetricInput = Literal["responses", "embeddings", "pairs"]
+MetricInput = Literal["responses", "embeddings", "pairs", "records"]
 
 #: Group names reported by the protocol (docs/algorithm.md, Evaluation protocol).
 PLANE_GROUPS: tuple[str, ...] = ("lexical", "semantic", "overall")
@@ -78,13 +78,22 @@ DIVERSITY_METRICS: dict[str, MetricSpec] = {
     )
 }
 
-#: The 2 per-response quality metrics; ``fn`` is the scorer class.
+#: The per-response quality metrics; ``fn`` is the scorer class (for ``recorded_logprob``,
+#: the function reading the value each sample recorded while it was decoded).
 QUALITY_METRICS: dict[str, MetricSpec] = {
     "reward": MetricSpec(
         "reward", "quality", "pairs", RewardModelScorer, "reward-model score (scalar logit)"
     ),
     "logprob": MetricSpec(
         "logprob", "quality", "pairs", LogProbScorer, "judge LM mean response-token log-prob"
+    ),
+    "recorded_logprob": MetricSpec(
+        "recorded_logprob",
+        "quality",
+        "records",
+        recorded_aligned_logprobs,
+        "the aligned model's mean response-token log-prob, recorded while decoding "
+        "(logprobs=True; no second pass)",
     ),
 }
 

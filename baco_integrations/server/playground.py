@@ -2,7 +2,10 @@
 
 The page (``static/index.html``, ``app.js``, ``style.css``; no build step, no CDN, so it works
 offline) streams ``n`` samples side by side, each word coloured by the model that wrote it,
-and can run the aligned model alone beside BACO. ``POST /v1/baco/diversity`` scores a set of
+and can run the aligned model alone beside BACO. It asks for token log-probs: each sample shows
+the aligned model's mean log-prob per token (``baco.aligned_mean_logprob``), each group its
+mean beside the diversity figures, and hovering a word shows its token's log-prob, its most
+likely alternatives and its writer. ``POST /v1/baco/diversity`` scores a set of
 samples with cheap lexical figures; it sits under ``/v1`` so it needs the API key when the
 server has one. The page itself is open (it holds no data; it asks for the key).
 """

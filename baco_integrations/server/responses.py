@@ -4,8 +4,10 @@ Every choice carries an extra ``"baco"`` object, which standard clients ignore: 
 choice its ``base_fraction`` (share of tokens the base model wrote), ``spans`` (runs of text
 by the model that wrote them, joining to the choice's text) and each model's mean log-prob per
 token of the text, ``aligned_mean_logprob`` and ``base_mean_logprob`` (numbers when the request
-asked for log-probs and the model could score the text; null otherwise); for a streamed piece
-the ``source`` of its text.
+asked for log-probs and the model could score the text; null otherwise) and, with log-probs,
+``token_logprobs``: per token of the choice's ``logprobs``, its writer and both models' own
+log-probs of its text (``{"source", "aligned", "base"}``); for a streamed piece the ``source``
+of its text.
 
 Token log-probs (``logprobs``) are in OpenAI's two shapes: chat's
 ``{"content": [{"token", "bytes", "logprob", "top_logprobs": [{"token", "bytes", "logprob"}]}],
@@ -67,6 +69,12 @@ def provenance(output: BacoOutput, tokenizer: PreTrainedTokenizerBase) -> dict[s
         ],
         "aligned_mean_logprob": output.aligned_mean_logprob,
         "base_mean_logprob": output.base_mean_logprob,
+        "token_logprobs": None
+        if output.logprobs is None
+        else [
+            {"source": e.source, "aligned": e.aligned_logprob, "base": e.base_logprob}
+            for e in output.logprobs
+        ],
     }
 
 

@@ -221,9 +221,9 @@ def test_reward_multi_label_needs_label_index(tmp_path: Path, tok: PreTrainedTok
 
 
 def test_quality_registry() -> None:
-    assert set(QUALITY_METRICS) == {"reward", "logprob"}
+    assert set(QUALITY_METRICS) == {"reward", "logprob", "recorded_logprob"}
     assert QUALITY_METRICS["reward"].fn is RewardModelScorer
     assert QUALITY_METRICS["logprob"].fn is LogProbScorer
-    assert all(
-        spec.group == "quality" and spec.input == "pairs" for spec in QUALITY_METRICS.values()
-    )
+    assert all(spec.group == "quality" for spec in QUALITY_METRICS.values())
+    # the recorded log-prob is read from the stored samples, not scored from pairs
+    assert [n for n, s in QUALITY_METRICS.items() if s.input == "records"] == ["recorded_logprob"]

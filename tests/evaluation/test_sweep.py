@@ -520,3 +520,48 @@ def test_example_config_is_valid(tmp_path: Path) -> None:
     config = load_config(tmp_path / "example.toml")
     assert len(config.operating_points()) == 16
     assert config.metrics.planes_to_plot() == [("distinct_2", "logprob"), ("vendi", "logprob")]
+
+
+def test_recorded_logprob_is_read_from_the_decoding_not_a_second_pass(
+    tiny_pair: TinyPair, engine: BacoEngine, tmp_path: Path
+) -> None:
+    """``recorded_logprob`` stores, per sample, the aligned model's mean log-prob of the
+    response after the engine's prompt, as recorded while decoding; no judge is loaded."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    config = make_config(
+        tiny_pair,
+        tmp_path,
+        methods=[{"name": "BACO", "router": "P-PUNC", "gammas": [0.5]}],
+        metrics={"diversity": ["distinct_1"], "quality": ["recorded_logprob"]},
+    )
+    result = run_sweep(
+        config, engine=engine, embedder=HashEmbedder(), quality_scorers={}, progress=False
+    )
+    records = [
+        json.loads(line) for line in (result.output_dir / GENERATIONS_FILE).read_text().splitlines()
+    ]
+    model = AutoModelForCausalLM.from_pretrained(tiny_pair.aligned_dir).eval()
+    means = []
+    for record in records:
+        prompt_ids = engine.encode_prompts(record["prompt"])["aligned"]
+        for sample in record["samples"]:
+            ids = torch.tensor([prompt_ids + sample["token_ids"]])
+            with torch.inference_mode():
+                logprobs = torch.log_softmax(model(input_ids=ids).logits[0].float(), -1)
+            own = [
+                logprobs[len(prompt_ids) - 1 + i, t].item()
+                for i, t in enumerate(sample["token_ids"])
+            ]
+            assert sample["aligned_logprob"] == pytest.approx(sum(own) / len(own), abs=1e-4)
+            means.append(sample["aligned_logprob"])
+    (row,) = json.loads((result.output_dir / "metrics.json").read_text())
+    assert row["recorded_logprob"] == pytest.approx(sum(means) / len(means), abs=1e-6)
+
+
+def test_recorded_logprob_refuses_generations_made_without_it() -> None:
+    from baco_integrations.evaluation.quality import recorded_aligned_logprobs
+
+    with pytest.raises(ValueError, match="recorded_logprob"):
+        recorded_aligned_logprobs([{"text": "x"}])

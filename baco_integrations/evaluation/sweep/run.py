@@ -30,6 +30,7 @@ from .scoring import (
     flatten_responses,
     free_memory,
     metric_rows,
+    recorded_quality,
     reusable_judge,
     score_quality,
 )
@@ -150,6 +151,8 @@ def generate_batches(
     the number generated. ``total`` sizes the progress bar (the sweep's whole work)."""
     total = len(todo) if total is None else total
     limit = len(todo) if max_batches is None else min(max_batches, len(todo))
+    # Recorded from the forwards the engine runs anyway; only when a metric reads it.
+    records_logprobs = "recorded_logprob" in config.metrics.quality_metrics
     with tqdm(
         total=total,
         initial=total - len(todo),
@@ -165,6 +168,7 @@ def generate_batches(
                 n=config.n,
                 max_new_tokens=config.max_new_tokens,
                 seed=settings["seed"],
+                logprobs=records_logprobs,
                 **point.settings,
             )
             store.append(make_record(point, prompt, settings, outputs))
@@ -191,7 +195,11 @@ def score_sweep(
     pairs = flatten_responses(records)
     if quality_scorers is None:
         quality_scorers = build_scorers(config, judge)
-    quality = score_quality(pairs, quality_scorers, metrics, progress=progress)
+    scored = {
+        **score_quality(pairs, quality_scorers, metrics, progress=progress),
+        **recorded_quality(records, metrics),
+    }
+    quality = {name: scored[name] for name in metrics.quality_metrics}
     embeddings = None
     if metrics.semantic:
         embedder = embedder if embedder is not None else build_embedder(config)

@@ -18,7 +18,7 @@ from typing import Any, Protocol
 import numpy as np
 from tqdm.auto import tqdm
 
-from ..registry import DIVERSITY_METRICS
+from ..registry import DIVERSITY_METRICS, QUALITY_METRICS
 from ..semantic import Embedder
 from .config import MetricsConfig, OperatingPoint, SweepConfig
 
@@ -31,6 +31,7 @@ __all__ = [
     "metric_rows",
     "point_metrics",
     "reusable_judge",
+    "recorded_quality",
     "score_quality",
 ]
 
@@ -123,6 +124,8 @@ def build_scorers(
             scorers[name] = LogProbScorer(
                 model, tokenizer=tokenizer, device=None, batch_size=metrics.batch_size
             )
+        elif QUALITY_METRICS[name].input == "records":
+            continue  # read from the stored samples (recorded_quality)
         else:  # pragma: no cover - MetricsConfig validates the names
             raise ValueError(f"unknown quality metric {name!r}")
     return scorers
@@ -178,13 +181,22 @@ def score_quality(
     Scored in chunks only to show progress; each chunk is batched inside the scorer, and the
     chunking is the same on every run, so the numbers are too.
     """
-    missing = [q for q in metrics.quality_metrics if q not in scorers]
+    scored = [q for q in metrics.quality_metrics if QUALITY_METRICS[q].input == "pairs"]
+    missing = [q for q in scored if q not in scorers]
     if missing:
         raise ValueError(f"quality_scorers lacks the chosen quality metric(s) {missing}")
     chunk = _SCORE_CHUNK_BATCHES * metrics.batch_size
+    return {name: _score_one(name, scorers[name], pairs, chunk, progress) for name in scored}
+
+
+def recorded_quality(records: Records, metrics: MetricsConfig) -> dict[str, np.ndarray]:
+    """The chosen quality metrics that samples recorded while decoding, one value per pair
+    (in the order of :func:`flatten_responses`)."""
+    samples = [s for batches in records for rec in batches for s in rec["samples"]]
     return {
-        name: _score_one(name, scorers[name], pairs, chunk, progress)
+        name: QUALITY_METRICS[name].fn(samples)
         for name in metrics.quality_metrics
+        if QUALITY_METRICS[name].input == "records"
     }
 
 

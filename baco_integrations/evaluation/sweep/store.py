@@ -20,6 +20,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from ..quality import RECORDED_LOGPROB_KEY
 from .config import OperatingPoint, SweepConfig
 from .errors import StoreRecordError, SweepError
 from .files import open_regular_file, write_bytes_atomic
@@ -143,6 +144,9 @@ def make_record(
                 # One letter per token (b = base, a = aligned): compact, and enough to see
                 # which words each model wrote.
                 "sources": "".join("b" if s == "base" else "a" for s in o.sources),
+                **(
+                    {RECORDED_LOGPROB_KEY: o.aligned_mean_logprob} if o.logprobs is not None else {}
+                ),
             }
             for o in outputs
         ],

@@ -4,6 +4,7 @@
 
 const $ = (id) => document.getElementById(id);
 const KEY_STORE = "baco-api-key";
+const TOP_LOGPROBS = 3;  // alternatives per token shown when hovering a word
 let model = null;
 let last = null;        // the last run: settings, groups and their samples (for JSON export)
 let controller = null;  // aborts the running streams
@@ -65,6 +66,12 @@ function settings() {
   };
 }
 
+// A log-prob as the page shows it: two decimals, a true minus sign.
+function fmtLogprob(x) {
+  if (typeof x !== "number" || !Number.isFinite(x)) return "n/a";
+  return (x < 0 ? "\u2212" : "") + Math.abs(x).toFixed(2);
+}
+
 function requestOf(s, router) {
   const body = {
     model, stream: true, n: s.n, temperature: s.temperature, max_tokens: s.max_tokens,
@@ -75,9 +82,12 @@ function requestOf(s, router) {
     body.messages = [];
     if (s.system.trim()) body.messages.push({ role: "system", content: s.system });
     body.messages.push({ role: "user", content: s.prompt });
+    body.logprobs = true;
+    body.top_logprobs = TOP_LOGPROBS;
     return { endpoint: "/v1/chat/completions", body };
   }
   body.prompt = s.prompt;
+  body.logprobs = TOP_LOGPROBS;  // the legacy endpoint: k alternatives per token
   if (s.system.trim()) body.system_prompt = s.system;
   return { endpoint: "/v1/completions", body };
 }
@@ -104,12 +114,18 @@ function makeGroup(parent, title, kind, n) {
     card.setAttribute("aria-label", title + ", sample " + (i + 1));
     const head = document.createElement("header");
     head.innerHTML = "<span>#" + (i + 1) + "</span><span class=\"share\">base share <strong>…</strong></span>" +
+      "<span class=\"lp\" title=\"the aligned model's mean log-prob per token of this sample " +
+      "(higher: the aligned model finds the text more natural)\">aligned log-prob <strong>…</strong>/token</span>" +
       "<span class=\"finish\"></span>";
     const text = document.createElement("p");
     text.className = "text";
     card.append(head, text);
     grid.append(card);
-    samples.push({ index: i, text: "", spans: [], base_fraction: null, finish_reason: null, card, el: text });
+    samples.push({
+      index: i, text: "", spans: [], base_fraction: null, finish_reason: null, card, el: text,
+      aligned_mean_logprob: null, base_mean_logprob: null,
+      entries: [], decoder: new TextDecoder(), decoded: 0,
+    });
   }
   return { kind, title, section, figures, samples, request: null, diversity: null };
 }
@@ -131,6 +147,95 @@ function addText(sample, text, source) {
   }
 }
 
+// The log-probs of a chunk's tokens, in either of OpenAI's shapes, kept with where each token
+// starts in the sample's text (UTF-16 units for chat, from its bytes; code points for the
+// legacy endpoint's text_offset, turned into UTF-16 units once the text is known).
+function addEntries(sample, logprobs) {
+  if (!logprobs) return;
+  if (Array.isArray(logprobs.content)) {  // chat
+    for (const e of logprobs.content) {
+      const start = sample.decoded;
+      const text = Array.isArray(e.bytes)
+        ? sample.decoder.decode(new Uint8Array(e.bytes), { stream: true })
+        : e.token;
+      sample.decoded += text.length;
+      const top = (e.top_logprobs || []).map((t) => [t.token, t.logprob]);
+      sample.entries.push({ token: e.token, logprob: e.logprob, start, top });
+    }
+  } else if (Array.isArray(logprobs.tokens)) {  // legacy completions
+    logprobs.tokens.forEach((token, i) => {
+      const top = Object.entries((logprobs.top_logprobs || [])[i] || {})
+        .filter(([t]) => t !== token)
+        .sort((a, b) => b[1] - a[1]);
+      sample.entries.push({
+        token, logprob: logprobs.token_logprobs[i], codepoint: logprobs.text_offset[i], top,
+      });
+    });
+  }
+}
+
+// UTF-16 offset of each code point offset of `text` (the legacy endpoint counts code points).
+function unitOffsets(text) {
+  const units = [0];
+  for (const ch of text) units.push(units[units.length - 1] + ch.length);
+  return units;
+}
+
+function quoted(token) {
+  return "\u201c" + token.replace(/\n/g, "\\n") + "\u201d";
+}
+
+function tokenTitle(entries, source) {
+  const lines = entries.map((e) => {
+    let line = quoted(e.token) + ": log-prob " + fmtLogprob(e.logprob);
+    if (e.top.length) line += " (top: " + e.top.map(([t, lp]) => quoted(t) + " " + fmtLogprob(lp)).join(", ") + ")";
+    if (typeof e.aligned === "number" || typeof e.base === "number") {
+      line += "\n  aligned model " + fmtLogprob(e.aligned) + ", base model " + fmtLogprob(e.base);
+    }
+    return line;
+  });
+  lines.push("written by the " + (entries[0].source || source) + " model");
+  return lines.join("\n");
+}
+
+// The finished sample drawn again with one node per token (cut at span edges too), each with a
+// title that gives its log-prob and its writer.
+function renderTokens(sample) {
+  const text = sample.text;
+  const units = unitOffsets(text);
+  const starts = sample.entries.map((e) =>
+    Math.min(text.length, "start" in e ? e.start : units[Math.min(e.codepoint, units.length - 1)]));
+  const spanEdges = [];
+  let at = 0;
+  for (const span of sample.spans) { spanEdges.push([at, span]); at += span.text.length; }
+  const cuts = [...new Set([0, text.length, ...starts, ...spanEdges.map(([a]) => a)])]
+    .filter((x) => x >= 0 && x <= text.length).sort((a, b) => a - b);
+  sample.el.textContent = "";
+  let spanIndex = 0;
+  let entryIndex = 0;
+  for (let c = 0; c + 1 < cuts.length; c++) {
+    const a = cuts[c], b = cuts[c + 1];
+    if (a === b) continue;
+    while (spanIndex + 1 < spanEdges.length && spanEdges[spanIndex + 1][0] <= a) spanIndex++;
+    const span = spanEdges[spanIndex][1];
+    while (entryIndex < starts.length && starts[entryIndex] < a) entryIndex++;
+    let tokens = [];
+    for (let k = entryIndex; k < starts.length && starts[k] < b; k++) tokens.push(sample.entries[k]);
+    if (!tokens.length && entryIndex > 0) tokens = [sample.entries[entryIndex - 1]];  // a token cut by a span edge
+    const node = document.createElement("span");
+    node.className = "w " + span.source;
+    node.textContent = text.slice(a, b);
+    if (tokens.length) {
+      node.classList.add("tok");
+      node.dataset.logprob = String(tokens[0].logprob);
+      node.title = tokenTitle(tokens, span.source);
+    } else {
+      node.title = "written by the " + span.source + " model";
+    }
+    sample.el.append(node);
+  }
+}
+
 function finishSample(sample, choice) {
   const baco = choice.baco || {};
   sample.finish_reason = choice.finish_reason;
@@ -140,9 +245,21 @@ function finishSample(sample, choice) {
     sample.text = "";
     for (const span of baco.spans) addText(sample, span.text, span.source);
   }
+  if (Array.isArray(baco.token_logprobs) && baco.token_logprobs.length === sample.entries.length) {
+    baco.token_logprobs.forEach((both, i) => Object.assign(sample.entries[i], both));
+  }
+  if (sample.entries.length && sample.spans.length) renderTokens(sample);
   if (typeof baco.base_fraction === "number") sample.base_fraction = baco.base_fraction;
   const share = sample.base_fraction === null ? "?" : Math.round(100 * sample.base_fraction) + "%";
   sample.card.querySelector(".share strong").textContent = share;
+  for (const name of ["aligned_mean_logprob", "base_mean_logprob"]) {
+    if (typeof baco[name] === "number") sample[name] = baco[name];
+  }
+  const lp = sample.card.querySelector(".lp");
+  lp.querySelector("strong").textContent = fmtLogprob(sample.aligned_mean_logprob);
+  if (typeof sample.base_mean_logprob === "number") {
+    lp.title += "; the base model's: " + fmtLogprob(sample.base_mean_logprob) + "/token";
+  }
   sample.card.querySelector(".finish").textContent = choice.finish_reason || "";
   sample.card.dataset.done = "true";
 }
@@ -173,6 +290,7 @@ async function stream(group, s, router, signal) {
           if (!sample) continue;
           const text = choice.delta ? choice.delta.content : choice.text;
           const source = (choice.baco && choice.baco.source) || "aligned";
+          addEntries(sample, choice.logprobs);
           if (text && !(choice.baco && choice.baco.spans)) addText(sample, text, source);
           if (choice.finish_reason) finishSample(sample, choice);
         }
@@ -192,12 +310,16 @@ async function score(group) {
   const fmt = (x) => x.toFixed(3);
   const shares = group.samples.map((x) => x.base_fraction || 0);
   const meanShare = shares.reduce((a, b) => a + b, 0) / shares.length;
+  const scored = group.samples.map((x) => x.aligned_mean_logprob).filter((x) => typeof x === "number");
+  const meanLogprob = scored.length ? scored.reduce((a, b) => a + b, 0) / scored.length : null;
   group.figures.innerHTML = "";
   const parts = [
     ["distinct-2", fmt(d.distinct_2), "unique word pairs / word pairs, pooled (higher: more diverse)"],
     ["distinct-1", fmt(d.distinct_1), "unique words / words"],
     ["mean pairwise similarity", fmt(d.pairwise_similarity), "mean Jaccard overlap of word pairs between two samples (lower: more diverse)"],
     ["mean base share", Math.round(100 * meanShare) + "%", "share of the tokens written by the base model"],
+    ["mean aligned log-prob", fmtLogprob(meanLogprob) + "/token",
+      "the aligned model's mean log-prob per token, averaged over the samples (higher: more natural to the aligned model)"],
   ];
   parts.forEach(([name, value, help], i) => {
     const span = document.createElement("span");
@@ -251,7 +373,11 @@ function exported() {
       diversity: g.diversity,
       samples: g.samples.map((x) => ({
         index: x.index, text: x.text, base_fraction: x.base_fraction, finish_reason: x.finish_reason,
+        aligned_mean_logprob: x.aligned_mean_logprob, base_mean_logprob: x.base_mean_logprob,
         spans: x.spans.map((sp) => ({ text: sp.text, source: sp.source })),
+        logprobs: x.entries.map((e) => ({
+          token: e.token, logprob: e.logprob, top_logprobs: e.top.map(([token, logprob]) => ({ token, logprob })),
+        })),
       })),
     })),
   };
