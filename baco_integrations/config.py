@@ -63,6 +63,8 @@ DEFAULT_BASE_TEMPLATE = "{prompt}\n"
 #: dividing float32 logits by a smaller number overflows them to inf/NaN, and the result would
 #: be argmax-like anyway.
 MIN_TEMPERATURE = 1e-5
+#: Routers whose pick is a threshold on a signal, and so take ``base_share``.
+THRESHOLD_ROUTERS = ("P", "H", "P-PUNC", "H-PUNC", "P-FC", "H-FC", "nudging", "random")
 #: The most alternatives per token ``top_logprobs`` may ask (OpenAI's and vLLM's cap).
 MAX_TOP_LOGPROBS = 20
 
@@ -169,6 +171,20 @@ class GenerationSettings(BaseModel):
     )
     gamma: Float | None = Field(default=None, description="Router threshold (see RouterConfig).")
     gate: Gate | None = Field(default=None, description="Model whose distribution P/H rules read.")
+    base_share: Float | None = Field(
+        default=None,
+        ge=0.0,
+        le=1.0,
+        description="Target share of tokens the base model writes, in [0, 1], tracked per "
+        "sample (instead of gamma; routers with a threshold; docs/routers.md).",
+    )
+    guard: Float = Field(
+        default=0.0,
+        ge=0.0,
+        le=1.0,
+        description="Keep a base token only if the aligned model gives it at least guard x "
+        "its top probability (0: off; docs/routers.md).",
+    )
     n: Int = Field(
         default=1,
         ge=1,
@@ -293,6 +309,23 @@ class GenerationSettings(BaseModel):
     @model_validator(mode="after")
     def _check_router_gamma(self) -> GenerationSettings:
         self.router_config()  # surfaces an out-of-range gamma at validation time
+        return self
+
+    @model_validator(mode="after")
+    def _check_base_share(self) -> GenerationSettings:
+        if self.base_share is None:
+            return self
+        config = self.router_config()
+        if config.gamma is not None:
+            raise ValueError(
+                f"base_share={self.base_share} and gamma={config.gamma} were both given: give "
+                "one (base_share sets each sample's threshold itself)"
+            )
+        if config.name not in THRESHOLD_ROUTERS:
+            raise ValueError(
+                f"base_share needs a router with a threshold; router {config.name!r} has none "
+                f"(allowed: {', '.join(THRESHOLD_ROUTERS)})"
+            )
         return self
 
     @model_validator(mode="after")

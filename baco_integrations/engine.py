@@ -51,6 +51,13 @@ from .runners import (
     TransformersRunner,
 )
 from .runners.remote import Endpoint, EndpointRunner
+from .share import (
+    CALIBRATION_TOKENS,
+    Calibration,
+    CalibrationRecorder,
+    ShareTarget,
+    calibration_prompts,
+)
 
 __all__ = ["BacoEngine", "CacheImplementation", "DecodeStats", "DecodingCancelled"]
 
@@ -156,6 +163,8 @@ class BacoEngine:
         )
         #: Work done by the most recent call that finished.
         self.last_stats = DecodeStats()
+        self._calibration: Calibration | None = None
+        self._calibration_lock = threading.Lock()
 
     @classmethod
     def from_runners(
@@ -494,6 +503,12 @@ class BacoEngine:
         if settings.constraint is not None:
             self._check_constrainable()
         self._check_top_logprobs(settings.top_logprobs)
+        if settings.guard > 0.0 and not self.pair.shares_tokenizer:
+            raise ValueError(
+                f"guard={settings.guard}: the guard compares a base token with the aligned "
+                "model's distribution at the same position, which needs one tokenizer; this "
+                "pair's tokenizers differ (allowed: guard=0 for a cross-family pair)"
+            )
         prompt_ids = (
             [
                 aligned_ids(
@@ -522,7 +537,30 @@ class BacoEngine:
         if settings.logprobs:
             for sample in request.samples:
                 sample.logprobs = []
+        if settings.base_share is not None:
+            prior = self.share_calibration().prior(request.router)
+            request.router = ShareTarget(request.router, settings.base_share, prior)
         return request
+
+    def share_calibration(self) -> Calibration:
+        """The pair's signals at word boundaries that ``base_share`` starts each sample's
+        threshold from: the packaged tuning prompts decoded once (24 tokens, seed 0, both
+        models at every step), on the first call that asks, then kept (docs/routers.md)."""
+        with self._calibration_lock:
+            if self._calibration is None:
+                recorder = CalibrationRecorder()
+                stats = self.last_stats
+                self.generate(
+                    list(calibration_prompts()),
+                    router=recorder,
+                    lazy=False,
+                    temperature=1.0,
+                    max_new_tokens=CALIBRATION_TOKENS,
+                    seed=0,
+                )
+                self.last_stats = stats  # the calibration is not the caller's call
+                self._calibration = recorder.calibration()
+            return self._calibration
 
     def _check_constrainable(self) -> None:
         """A grammar masks each model's whole next-token distribution; a runner that gives

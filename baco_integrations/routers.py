@@ -55,6 +55,16 @@ class RouterInputs:
     draw_uniform: Callable[[], torch.Tensor] | None = None
     base_rest_mass: torch.Tensor | None = None
     aligned_rest_mass: torch.Tensor | None = None
+    #: Set by the engine: which rows are at a word boundary (where the pick is used), each
+    #: row's sample index within its call, and how many tokens each row has written so far
+    #: and how many of them the base model wrote (what a ``base_share`` target tracks), and
+    #: how many it may still write.
+    at_boundary: torch.Tensor | None = None
+    sample_ids: torch.Tensor | None = None
+    written: torch.Tensor | None = None
+    base_written: torch.Tensor | None = None
+    #: Tokens each row may still write (its call's token budget).
+    remaining: torch.Tensor | None = None
 
     def uniform(self) -> torch.Tensor:
         """One U[0, 1) number per row, ``[batch]``."""
@@ -140,6 +150,10 @@ class RandomRouter:
     def __call__(self, inputs: RouterInputs) -> torch.Tensor:
         return inputs.uniform() < self.gamma
 
+    def signal(self, inputs: RouterInputs) -> torch.Tensor:
+        """Higher sends a word to the base model sooner (``base_share``): a coin."""
+        return 1.0 - inputs.uniform()
+
 
 class ProbabilityRouter:
     """``P``: base when the gate model is unsure, i.e. ``max_y P_gate(y) < gamma``.
@@ -155,6 +169,10 @@ class ProbabilityRouter:
     def __call__(self, inputs: RouterInputs) -> torch.Tensor:
         return inputs.probs(self.gate).amax(dim=-1) < self.gamma
 
+    def signal(self, inputs: RouterInputs) -> torch.Tensor:
+        """Higher sends a word to the base model sooner: the gate model's doubt."""
+        return 1.0 - inputs.probs(self.gate).amax(dim=-1)
+
 
 class EntropyRouter:
     """``H``: base when the gate distribution's entropy (nats) exceeds gamma.
@@ -168,9 +186,12 @@ class EntropyRouter:
         self.needs: frozenset[Source] = frozenset({gate})
 
     def __call__(self, inputs: RouterInputs) -> torch.Tensor:
+        return self.signal(inputs) > self.gamma
+
+    def signal(self, inputs: RouterInputs) -> torch.Tensor:
+        """Higher sends a word to the base model sooner: the gate distribution's entropy."""
         probs = inputs.probs(self.gate)
-        entropy = -(probs * probs.clamp_min(1e-30).log()).sum(dim=-1)
-        return entropy > self.gamma
+        return -(probs * probs.clamp_min(1e-30).log()).sum(dim=-1)
 
 
 class ContentRouter:
@@ -208,6 +229,12 @@ class LockedRouter:
     def __call__(self, inputs: RouterInputs) -> torch.Tensor:
         return ~self.content.locked(inputs) & self.logit(inputs)
 
+    def locked(self, inputs: RouterInputs) -> torch.Tensor:
+        return self.content.locked(inputs)
+
+    def signal(self, inputs: RouterInputs) -> torch.Tensor:
+        return self.logit.signal(inputs)
+
 
 class NudgingRouter:
     """``nudging`` (Fei et al. 2024): the base model drafts; the aligned model takes the word
@@ -220,6 +247,10 @@ class NudgingRouter:
 
     def __call__(self, inputs: RouterInputs) -> torch.Tensor:
         return inputs.probs("base").amax(dim=-1) >= self.gamma
+
+    def signal(self, inputs: RouterInputs) -> torch.Tensor:
+        """Higher sends a word to the base model sooner: the base model's confidence."""
+        return inputs.probs("base").amax(dim=-1)
 
 
 def checked_choice(want_base: object, prev_sources: torch.Tensor) -> torch.Tensor:

@@ -87,15 +87,17 @@ def token_logprobs(
     if not rows:
         return {}
     index = torch.tensor(list(rows), device=drawn_from.device)
-    logprobs = torch.log_softmax(drawn_from[index].float(), dim=-1)
+    # Log-probs as score - logsumexp, read only where needed: no [rows, vocab] output.
+    scores = drawn_from[index].float()
+    normaliser = torch.logsumexp(scores, dim=-1, keepdim=True)
     chosen = torch.tensor([tokens[r] for r in rows], device=drawn_from.device)
-    drawn = logprobs.gather(1, chosen[:, None])[:, 0].tolist()
+    drawn = (scores.gather(1, chosen[:, None]) - normaliser)[:, 0].tolist()
     widest = max(top_k)
     top_values: list[list[float]] = [[] for _ in rows]
     top_ids: list[list[int]] = [[] for _ in rows]
     if widest:
-        top = logprobs.topk(widest, dim=-1)
-        top_values, top_ids = top.values.tolist(), top.indices.tolist()
+        top = scores.topk(widest, dim=-1)
+        top_values, top_ids = (top.values - normaliser).tolist(), top.indices.tolist()
     entries: dict[int, TokenLogProb] = {}
     for i, row in enumerate(rows):
         source = sources[row]

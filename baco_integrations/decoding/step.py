@@ -256,13 +256,55 @@ class Step:
         has_writer = self.writers != NO_SOURCE
         continues = self.continuation[self.writers.clamp_min(0), stay] & has_writer
         if bool(continues.all()):
-            return stay, self.writers
+            return self._guard(stay, self.writers)
         boundary = (~continues).tolist()
         self.scores.fetch(self._router_needs(boundary))
         want = self._route(boundary)
         switch = torch.tensor(boundary, device=self.writers.device) & (want != self.writers)
         fresh, switch = self._hand_over(want, switch)
-        return torch.where(switch, fresh, stay), torch.where(switch, want, self.writers)
+        return self._guard(
+            torch.where(switch, fresh, stay), torch.where(switch, want, self.writers)
+        )
+
+    def _guard(
+        self, tokens: torch.Tensor, sources: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``guard``: a base token the aligned model finds implausible (its probability under
+        ``guard`` x the aligned top probability) is not kept; the aligned model draws that
+        position instead and writes on (docs/routers.md)."""
+        guarded = [g for g in self.groups if g.request.settings.guard > 0.0]
+        if not guarded:
+            return tokens, sources
+        sources_host = sources.tolist()
+        checked = {g.start: g.rows([s == BASE for s in sources_host]) for g in guarded}
+        self.scores.fetch({ALIGNED: [r for rows in checked.values() for r in rows]})
+        tokens, sources = tokens.clone(), sources.clone()
+        for group in guarded:
+            if not (rows := checked[group.start]):
+                continue
+            local = torch.tensor([r - group.start for r in rows], device=tokens.device)
+            probs = self.scores.probabilities(group, ALIGNED)[local]
+            index = torch.tensor(rows, device=tokens.device)
+            kept = probs.gather(1, tokens[index][:, None])[:, 0]
+            floor = group.request.settings.guard * probs.amax(dim=-1)
+            rejected = [r for r, bad in zip(rows, (kept < floor).tolist(), strict=True) if bad]
+            if rejected:
+                self._redraw(group, rejected, tokens, sources)
+        return tokens, sources
+
+    def _redraw(
+        self, group: Group, rows: list[int], tokens: torch.Tensor, sources: torch.Tensor
+    ) -> None:
+        """The aligned model draws ``rows``' tokens (a guard refused the base's)."""
+        scores = self.scores.truncated(group, ALIGNED)
+        index = torch.tensor(rows, device=tokens.device)
+        tokens[index] = _draw(group, scores, rows, self.randomness)
+        sources[index] = ALIGNED
+        for row in rows:  # a remote aligned engine's own draw, where it has one
+            if (token := self.scores.proposal(group, ALIGNED, row)) >= 0:
+                tokens[row] = token
+        if self.drawn_from is not None:
+            self.drawn_from[index] = scores[[r - group.start for r in rows]]
 
     def _proposals(self) -> torch.Tensor:
         """Each row's writer proposes the next token (rows with no writer yet draw nothing)."""
@@ -318,6 +360,8 @@ class Step:
                 draw_uniform=functools.partial(self._uniform, group, rows, at_boundary),
                 base_rest_mass=self.scores.rest(group, BASE),
                 aligned_rest_mass=self.scores.rest(group, ALIGNED),
+                at_boundary=at_boundary,
+                **self._progress(group),
             )
             try:
                 choice = checked_choice(request.router(inputs), prev).long()
@@ -325,6 +369,22 @@ class Step:
                 raise RequestFailed(request, exc) from exc
             want[group.slice] = torch.where(at_boundary, choice, prev)
         return want
+
+    def _progress(self, group: Group) -> dict[str, torch.Tensor]:
+        """For a router that tracks shares (``base_share``): each row's sample index in its
+        call, tokens written so far and how many of them the base model wrote."""
+        if not getattr(group.request.router, "tracks_shares", False):
+            return {}
+        samples = self.scores.rows[group.slice]
+        n = group.request.n
+        return {
+            "sample_ids": torch.tensor([s.prompt_index * n + s.sample_index for s in samples]),
+            "written": torch.tensor([len(s.sources) for s in samples]),
+            "base_written": torch.tensor([s.sources.count(BASE) for s in samples]),
+            "remaining": torch.tensor(
+                [group.request.settings.max_new_tokens - len(s.sources) for s in samples]
+            ),
+        }
 
     def _uniform(self, group: Group, rows: list[int], at_boundary: torch.Tensor) -> torch.Tensor:
         """Coins for a router: rows at a boundary draw from their own numbers; the others,

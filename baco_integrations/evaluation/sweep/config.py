@@ -29,7 +29,7 @@ from pydantic import (
 from ...config import DEFAULT_GAMMA, GenerationSettings, canonical_router_name
 from ..registry import DIVERSITY_METRICS, QUALITY_METRICS
 from .errors import SweepConfigError
-from .prompts import BUILTIN_PROMPTS
+from .prompts import BUILTIN_PROMPTS, is_builtin
 
 __all__ = [
     "MethodConfig",
@@ -352,7 +352,8 @@ def _resolve_relative(data: dict[str, Any], root: Path) -> dict[str, Any]:
 
     for key in ("prompts", "output_dir"):
         value = data.get(key)
-        if isinstance(value, str) and value != BUILTIN_PROMPTS:
+        builtin = key == "prompts" and is_builtin(value)
+        if isinstance(value, str) and not builtin:
             value = home(value)
             data[key] = value if Path(value).is_absolute() else str(root / value)
 

@@ -10,10 +10,19 @@ from pathlib import Path
 
 from .errors import SweepConfigError
 
-__all__ = ["BUILTIN_PROMPTS", "PromptItem", "builtin_prompts_path", "load_prompts"]
+__all__ = [
+    "BUILTIN_PROMPTS",
+    "BUILTIN_SPLITS",
+    "PromptItem",
+    "builtin_prompts_path",
+    "load_prompts",
+]
 
 #: ``prompts = "builtin"`` selects the package's own prompt set (``data/prompts.jsonl``).
 BUILTIN_PROMPTS = "builtin"
+#: Its two fixed halves, ``"builtin:tuning"`` and ``"builtin:heldout"`` (every other prompt of
+#: each category): defaults are chosen on the tuning half and reported on the held-out one.
+BUILTIN_SPLITS = ("tuning", "heldout")
 
 
 @dataclass(frozen=True)
@@ -22,6 +31,13 @@ class PromptItem:
 
     id: str
     prompt: str
+
+
+def is_builtin(source: object) -> bool:
+    """Whether ``source`` names the packaged set or one of its halves."""
+    return isinstance(source, str) and (
+        source == BUILTIN_PROMPTS or source in {f"{BUILTIN_PROMPTS}:{s}" for s in BUILTIN_SPLITS}
+    )
 
 
 def builtin_prompts_path() -> Path:
@@ -50,14 +66,22 @@ def _parse_prompt_line(line: str, where: str, lineno: int) -> PromptItem:
 
 
 def load_prompts(source: str | os.PathLike[str] = BUILTIN_PROMPTS) -> list[PromptItem]:
-    """Read a JSON-lines prompt file, or the packaged set for ``"builtin"``.
+    """Read a JSON-lines prompt file, or the packaged set for ``"builtin"`` (or one of its
+    halves, ``"builtin:tuning"`` / ``"builtin:heldout"``).
 
     Each non-blank line is a JSON object with a non-empty string ``prompt``; an ``id`` (string
     or integer, as in NoveltyBench's files) is optional and defaults to the 1-based line number
     (``"line-7"``), other fields (``category``, ``language``...) are ignored. Ids must be
     unique. Errors name the file and line.
     """
-    path = builtin_prompts_path() if str(source) == BUILTIN_PROMPTS else Path(source)
+    name, _, split = str(source).partition(":")
+    builtin = name == BUILTIN_PROMPTS and (not split or split in BUILTIN_SPLITS)
+    if name == BUILTIN_PROMPTS and split and not builtin:
+        raise SweepConfigError(
+            f"prompts={str(source)!r}: unknown split {split!r}; allowed: "
+            + ", ".join(f"'builtin:{s}'" for s in BUILTIN_SPLITS)
+        )
+    path = builtin_prompts_path() if builtin else Path(source)
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
@@ -69,6 +93,8 @@ def load_prompts(source: str | os.PathLike[str] = BUILTIN_PROMPTS) -> list[Promp
             continue
         where = f"{path}, line {lineno}"
         item = _parse_prompt_line(line, where, lineno)
+        if builtin and split and json.loads(line).get("split") != split:
+            continue
         if item.id in seen:
             raise SweepConfigError(
                 f"{where}: duplicate id {item.id!r} (first on line {seen[item.id]})"
