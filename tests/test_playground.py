@@ -187,7 +187,28 @@ def drive(
             assert saved["groups"][1]["request"]["body"]["seed"] == 7
             assert all(len(g["samples"]) == 3 for g in saved["groups"])
 
-            # The γ slider re-runs with the same seed.
+            # The base-share slider re-runs with the same seed; the request asks for the share.
+            page.uncheck("#compare")
+            page.fill("#guard", "0.1")
+            page.evaluate(
+                "() => { const g = document.getElementById('base-share'); g.value = '0.4';"
+                " g.dispatchEvent(new Event('change')); }"
+            )
+            page.wait_for_selector(".group[data-kind=baco] h2:text('base share 40%')")
+            page.wait_for_selector("#status[data-state=done]")
+            body = page.evaluate("exported()")["groups"][0]["request"]["body"]
+            assert body["seed"] == 7 and body["base_share"] == 0.4 and body["guard"] == 0.1
+            assert "gamma" not in body
+            for i in range(3):  # each sample's realized share and quality signal
+                assert baco.nth(i).locator(".share strong").inner_text().endswith("%")
+                assert re.fullmatch(
+                    f"aligned log-prob {LOGPROB}/token", baco.nth(i).locator(".lp").inner_text()
+                )
+
+            # Advanced: a fixed γ instead; its slider re-runs with the same seed too.
+            page.click("#advanced summary")
+            page.check("#use-gamma")
+            page.fill("#guard", "0")
             page.evaluate(
                 "() => { const g = document.getElementById('gamma'); g.value = '0.2';"
                 " g.dispatchEvent(new Event('change')); }"
@@ -196,9 +217,9 @@ def drive(
             page.wait_for_selector("#status[data-state=done]")
             body = page.evaluate("exported()")["groups"][0]["request"]["body"]
             assert body["seed"] == 7 and body["gamma"] == 0.2
+            assert "base_share" not in body and "guard" not in body
 
             # Plain mode: the legacy endpoint's log-probs (logprobs=k) show the same way.
-            page.uncheck("#compare")
             page.check("input[name=mode][value=plain]")
             page.click("#run")
             page.wait_for_selector("#status[data-state=done]")

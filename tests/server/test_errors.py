@@ -181,6 +181,29 @@ def test_openai_client_raises_bad_request(server: LiveServer) -> None:
             client.chat.completions.create(model="other", messages=HELLO)
 
 
+def test_base_share_and_guard_in_extra_body(server: LiveServer) -> None:
+    with openai.OpenAI(base_url=server.base_url, api_key="k", timeout=HANG_GUARD_S) as client:
+        reply = client.chat.completions.create(
+            model=MODEL,
+            messages=HELLO,
+            n=2,
+            max_tokens=24,
+            seed=1,
+            extra_body={"router": "P", "base_share": 0.4, "guard": 0.1},
+        )
+        for choice in reply.choices:
+            assert 0.0 <= (choice.model_extra or {})["baco"]["base_fraction"] <= 1.0
+        for extra, param in (
+            ({"base_share": 0.3, "gamma": 0.5}, "both given"),
+            ({"base_share": 1.5}, "base_share"),
+            ({"guard": 2}, "guard"),
+            ({"base_share": 0.3, "router": "aligned"}, "has none"),
+        ):
+            with pytest.raises(openai.BadRequestError) as info:
+                client.chat.completions.create(model=MODEL, messages=HELLO, extra_body=extra)
+            assert param in str(info.value.body), extra
+
+
 def test_body_size_cap(engine: BacoEngine, test_config: ServerConfig) -> None:
     config = test_config.updated(max_body_bytes=1000)
     with running_server(engine, config) as server, httpx.Client(base_url=server.url) as http:

@@ -44,7 +44,12 @@ __all__ = [
 #: budget and seeds, so a method may not override them.
 _SWEEP_LEVEL_SETTINGS = frozenset({"n", "seed", "max_new_tokens"})
 #: Sweep axes: list field of a method -> the GenerationSettings field it sweeps.
-_SWEEP_AXES: dict[str, str] = {"gammas": "gamma", "temperatures": "temperature", "min_ps": "min_p"}
+_SWEEP_AXES: dict[str, str] = {
+    "gammas": "gamma",
+    "base_shares": "base_share",
+    "temperatures": "temperature",
+    "min_ps": "min_p",
+}
 
 
 @dataclass(frozen=True)
@@ -61,8 +66,8 @@ class OperatingPoint:
     def gamma(self) -> float | None:
         """The γ the router uses (its default when none is set), or None if it reads none."""
         router = self.settings["router"]
-        if router not in DEFAULT_GAMMA:
-            return None
+        if router not in DEFAULT_GAMMA or self.settings.get("base_share") is not None:
+            return None  # no γ, or one that each sample sets itself (base_share)
         gamma = self.settings.get("gamma")
         return float(gamma) if gamma is not None else DEFAULT_GAMMA[router]
 
@@ -74,8 +79,8 @@ def _format_value(value: float) -> str:
 class MethodConfig(BaseModel):
     """One method: a router and at most one swept setting, plus fixed settings.
 
-    ``gammas``, ``temperatures`` or ``min_ps`` lists the operating points; with none of them
-    the method has a single point. Any other key is a fixed
+    ``gammas``, ``base_shares``, ``temperatures`` or ``min_ps`` lists the operating points;
+    with none of them the method has a single point. Any other key is a fixed
     :class:`~baco_integrations.GenerationSettings` field (``temperature``, ``top_p``, ``gate``,
     ``system_prompt``...), except ``n``, ``seed`` and ``max_new_tokens``, which are set for
     the whole sweep so that every method is compared on equal terms.
@@ -86,6 +91,8 @@ class MethodConfig(BaseModel):
     name: str = Field(default="", description="Label in tables and plots; defaults to router.")
     router: str = Field(description="Router name (aligned, base, P-PUNC, nudging, ...).")
     gammas: list[float] | None = None
+    #: Target base shares (``base_share``; routers with a threshold).
+    base_shares: list[float] | None = None
     temperatures: list[float] | None = None
     min_ps: list[float] | None = None
 
@@ -109,7 +116,7 @@ class MethodConfig(BaseModel):
     def _canonical_router(cls, value: str) -> str:
         return canonical_router_name(value)
 
-    @field_validator("gammas", "temperatures", "min_ps")
+    @field_validator("gammas", "base_shares", "temperatures", "min_ps")
     @classmethod
     def _check_list(cls, value: list[float] | None) -> list[float] | None:
         if value is None:

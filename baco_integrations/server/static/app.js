@@ -58,12 +58,28 @@ function settings() {
     prompt: $("prompt").value,
     router: $("router").value,
     gamma: parseFloat($("gamma").value),
+    use_gamma: $("use-gamma").checked,
+    base_share: parseFloat($("base-share").value),
+    guard: Math.min(1, Math.max(0, parseFloat($("guard").value) || 0)),
     temperature: parseFloat($("temperature").value),
     n: int("n", 3),
     max_tokens: int("max-tokens", 48),
     seed: int("seed", 0),
     compare: $("compare").checked,
   };
+}
+
+// Routers whose pick is a threshold: they take a base share (the others a γ, or nothing).
+const THRESHOLD_ROUTERS = ["P", "H", "P-PUNC", "H-PUNC", "P-FC", "H-FC", "nudging", "random"];
+
+// What the group's title says of the router's knob.
+function knobLabel(s) {
+  if (s.router === "aligned" || s.router === "base") return "";
+  let label = THRESHOLD_ROUTERS.includes(s.router) && !s.use_gamma
+    ? ", base share " + Math.round(100 * s.base_share) + "%"
+    : ", γ " + s.gamma.toFixed(2);
+  if (s.guard > 0) label += ", guard " + s.guard.toFixed(2);
+  return label;
 }
 
 // A log-prob as the page shows it: two decimals, a true minus sign.
@@ -77,7 +93,9 @@ function requestOf(s, router) {
     model, stream: true, n: s.n, temperature: s.temperature, max_tokens: s.max_tokens,
     seed: s.seed, router,
   };
-  if (router !== "aligned" && router !== "base") body.gamma = s.gamma;
+  if (THRESHOLD_ROUTERS.includes(router) && !s.use_gamma) body.base_share = s.base_share;
+  else if (router !== "aligned" && router !== "base") body.gamma = s.gamma;
+  if (router !== "aligned" && s.guard > 0) body.guard = s.guard;
   if (s.mode === "chat") {
     body.messages = [];
     if (s.system.trim()) body.messages.push({ role: "system", content: s.system });
@@ -341,7 +359,7 @@ async function run() {
   const signal = controller.signal;
   const results = $("results");
   results.textContent = "";
-  const groups = [makeGroup(results, "BACO (" + s.router + (s.router === "aligned" || s.router === "base" ? "" : ", γ " + s.gamma.toFixed(2)) + ")", "baco", s.n)];
+  const groups = [makeGroup(results, "BACO (" + s.router + knobLabel(s) + ")", "baco", s.n)];
   if (s.compare) groups.push(makeGroup(results, "Aligned model alone (same n, sampling and seed)", "aligned", s.n));
   last = { settings: s, groups, started: new Date().toISOString() };
   $("run").disabled = true; $("stop").disabled = false;
@@ -424,9 +442,14 @@ function init() {
     loadModel().then((ok) => ok && setStatus("Ready.", "idle")).catch((e) => setStatus(e.message, "error"));
   });
   const showGamma = () => { $("gamma-value").textContent = parseFloat($("gamma").value).toFixed(2); };
+  const showShare = () => {
+    $("base-share-value").textContent = Math.round(100 * parseFloat($("base-share").value)) + "%";
+  };
   $("gamma").addEventListener("input", showGamma);
-  // γ alone changes: the same settings and seed, re-run once the slider is released.
+  $("base-share").addEventListener("input", showShare);
+  // The knob alone changes: the same settings and seed, re-run once the slider is released.
   $("gamma").addEventListener("change", () => { showGamma(); if (last) run(); });
+  $("base-share").addEventListener("change", () => { showShare(); if (last) run(); });
   const syncMode = () => {
     const chat = document.querySelector("input[name=mode]:checked").value === "chat";
     $("system-label").textContent = chat ? "System prompt (optional)" : "System prompt for the aligned model (optional)";
