@@ -565,3 +565,26 @@ def test_recorded_logprob_refuses_generations_made_without_it() -> None:
 
     with pytest.raises(ValueError, match="recorded_logprob"):
         recorded_aligned_logprobs([{"text": "x"}])
+
+
+def test_base_shares_are_an_axis_and_the_builtin_prompts_have_fixed_halves(
+    tiny_pair: TinyPair, tmp_path: Path
+) -> None:
+    from baco_integrations.evaluation.sweep.prompts import load_prompts
+
+    config = make_config(
+        tiny_pair,
+        tmp_path,
+        prompts="builtin:heldout",
+        methods=[{"name": "share", "router": "P-PUNC", "base_shares": [0.1, 0.3], "guard": 0.1}],
+    )
+    (method,) = config.methods
+    points = method.operating_points()
+    assert [p.label for p in points] == ["base_share=0.1", "base_share=0.3"]
+    assert all(p.settings["guard"] == 0.1 and p.gamma is None for p in points)
+    tuning, heldout = load_prompts("builtin:tuning"), load_prompts("builtin:heldout")
+    assert len(tuning) == len(heldout) == 12
+    assert not {p.id for p in tuning} & {p.id for p in heldout}
+    assert {p.id for p in tuning} | {p.id for p in heldout} == {p.id for p in load_prompts()}
+    with pytest.raises(ValueError, match="has none"):
+        make_config(tiny_pair, tmp_path, methods=[{"router": "aligned", "base_shares": [0.2]}])
