@@ -57,6 +57,7 @@ from .share import (
     CalibrationRecorder,
     ShareTarget,
     calibration_prompts,
+    warn_if_out_of_reach,
 )
 
 __all__ = ["BacoEngine", "CacheImplementation", "DecodeStats", "DecodingCancelled"]
@@ -598,7 +599,10 @@ class BacoEngine:
 
     def _finished(self, request: Request) -> list[list[BacoOutput]]:
         self.last_stats = request.stats
-        return request.outputs()
+        outputs = request.outputs()
+        if request.settings.base_share is not None:
+            warn_if_out_of_reach(request.settings, outputs)
+        return outputs
 
     def _stream(self, request: Request) -> Iterator[BacoChunk]:
         events: queue.SimpleQueue[Progress] = queue.SimpleQueue()

@@ -22,13 +22,19 @@ tokens), so a seeded call gives the same tokens alone or beside other calls.
 
 from __future__ import annotations
 
+import statistics
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 
 from .config import Source
+
+if TYPE_CHECKING:
+    from .config import GenerationSettings
+    from .outputs import BacoOutput
 from .routers import (
     EntropyRouter,
     LockedRouter,
@@ -195,3 +201,30 @@ def calibration_prompts() -> Sequence[str]:
     from .evaluation.sweep.prompts import load_prompts
 
     return [item.prompt for item in load_prompts("builtin:tuning")]
+
+
+#: How far below its target a call's mean share may land before it is told so.
+OUT_OF_REACH = 0.1
+
+
+def warn_if_out_of_reach(
+    settings: GenerationSettings, outputs: Sequence[Sequence[BacoOutput]]
+) -> None:
+    """Say so when a call's samples could not reach their ``base_share`` (words its content
+    rule locked to the aligned model, or answers too short to hold a base word)."""
+    target = settings.base_share
+    shares = [o.base_fraction for row in outputs for o in row if o.num_tokens]
+    if target is None or not shares or statistics.mean(shares) >= target - OUT_OF_REACH:
+        return
+    name = settings.router_config().name
+    why = (
+        f"router {name!r} locks some words to the aligned model"
+        if "-" in name
+        else "the samples had few words the router could give to the base model"
+    )
+    warnings.warn(
+        f"base_share={target}: the samples reached {statistics.mean(shares):.2f} on average "
+        f"(read each sample's base_fraction); {why}",
+        RuntimeWarning,
+        stacklevel=4,
+    )

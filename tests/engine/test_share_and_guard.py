@@ -124,3 +124,16 @@ def test_base_share_across_families(cross_engine: BacoEngine) -> None:
     )
     shares = [o.base_fraction for r in outs for o in r]
     assert abs(statistics.mean(shares) - 0.3) <= 0.1
+
+
+def test_a_target_out_of_reach_is_reported(engine: BacoEngine) -> None:
+    with pytest.warns(RuntimeWarning, match=r"base_share=0.95: the samples reached"):
+        engine.generate(PROMPTS, router="P-FC", base_share=0.95, max_new_tokens=24, seed=1)
+
+
+def test_a_reachable_target_is_not_warned_about(engine: BacoEngine) -> None:
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        engine.generate(PROMPTS, router="P", base_share=0.3, max_new_tokens=24, seed=1)
