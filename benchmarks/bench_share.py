@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import time
 from pathlib import Path
@@ -66,9 +67,11 @@ def main(argv: list[str] | None = None) -> None:
     rows = []
     for target in args.targets:
         values, speed = shares(engine, prompts, base_share=target, **common)
-        guarded, guarded_speed = shares(
-            engine, prompts, base_share=target, guard=args.guard, **common
-        )
+        guarded, guarded_speed = [math.nan], math.nan
+        if args.guard and engine.pair.shares_tokenizer:  # the guard needs one tokenizer
+            guarded, guarded_speed = shares(
+                engine, prompts, base_share=target, guard=args.guard, **common
+            )
         gamma = min(fixed, key=lambda g: abs(statistics.mean(fixed[g]) - statistics.mean(values)))
         rows.append(
             {

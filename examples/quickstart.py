@@ -45,7 +45,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--aligned", help="aligned model: hub id or local directory")
     parser.add_argument("--tiny", action="store_true", help="a tiny random local pair")
     parser.add_argument("--router", default="P-PUNC", help="router name, e.g. P, H, P-PUNC")
-    parser.add_argument("--gamma", type=float, default=0.3, help="the router's threshold")
+    parser.add_argument(
+        "--base-share",
+        type=float,
+        default=0.2,
+        help="the share of each idea the base model writes (default 0.2, chosen on the "
+        "tuning prompts; docs/routers.md)",
+    )
+    parser.add_argument("--gamma", type=float, help="a fixed router threshold instead")
     parser.add_argument("-n", type=int, default=4, help="number of ideas")
     parser.add_argument("--max-new-tokens", type=int, default=40)
     parser.add_argument("--seed", type=int, default=0)
@@ -92,17 +99,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     colour = sys.stdout.isatty()
     with tempfile.TemporaryDirectory(prefix="baco-quickstart-") as scratch:
         engine = load_engine(args, scratch)  # weights are in memory before the folder goes
+    knob = {"gamma": args.gamma} if args.gamma is not None else {"base_share": args.base_share}
     chat = ChatBaco(
         engine=engine,
         router=args.router,
-        gamma=args.gamma,
         max_new_tokens=args.max_new_tokens,
         temperature=1.0,
+        **knob,
     )
     names = engine.model_names
-    print(
-        f"BACO {args.router} (gamma={args.gamma}): base {names['base']}, aligned {names['aligned']}"
-    )
+    (setting,) = (f"{k}={v}" for k, v in knob.items())
+    print(f"BACO {args.router} ({setting}): base {names['base']}, aligned {names['aligned']}")
     print("Text in ⟦ ⟧ came from the base model, the rest from the aligned model.\n")
     ideas: list[list[Span]] = []
     for i in range(args.n):

@@ -47,6 +47,17 @@ def test_quickstart_marks_each_idea(monkeypatch: pytest.MonkeyPatch, capsys, tmp
     assert html.count('class="baco-render"') == 3 and 'class="baco-base"' in html
 
 
+def test_quickstart_asks_for_a_base_share_by_default(
+    monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    out = run_quickstart(monkeypatch, capsys, "--tiny", "-n", "2", "--max-new-tokens", "12")
+    assert "(base_share=0.2)" in out.splitlines()[0]
+    out = run_quickstart(
+        monkeypatch, capsys, "--tiny", "-n", "1", "--max-new-tokens", "8", "--base-share", "0.6"
+    )
+    assert "(base_share=0.6)" in out
+
+
 def test_quickstart_needs_both_models(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(sys, "argv", [str(QUICKSTART), "--base", "some/model"])
     with pytest.raises(SystemExit) as exit_info:
