@@ -26,12 +26,22 @@ from baco_integrations import BacoEngine
 from baco_integrations.evaluation.sweep.prompts import load_prompts
 
 
+FULL: dict[str, list[float]] = {}  # per run: the shares of samples that used the whole budget
+
+
 def shares(engine: BacoEngine, prompts: list[str], **settings: Any) -> tuple[list[float], float]:
     start = time.perf_counter()
     outs = engine.generate(prompts, **settings)
     seconds = time.perf_counter() - start
     samples = [o for row in outs for o in row]
+    key = json.dumps(settings, sort_keys=True, default=str)
+    FULL[key] = [o.base_fraction for o in samples if o.num_tokens == settings["max_new_tokens"]]
     return [o.base_fraction for o in samples], sum(o.num_tokens for o in samples) / seconds
+
+
+def full_spread(**settings: Any) -> str:
+    values = FULL.get(json.dumps(settings, sort_keys=True, default=str), [])
+    return f"{statistics.pstdev(values):.3f} (of {len(values)})" if len(values) > 1 else "—"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -75,6 +85,8 @@ def main(argv: list[str] | None = None) -> None:
         gamma = min(fixed, key=lambda g: abs(statistics.mean(fixed[g]) - statistics.mean(values)))
         rows.append(
             {
+                "full_spread": full_spread(base_share=target, **common),
+                "fixed_full_spread": full_spread(gamma=gamma, **common),
                 "target": target,
                 "mean_share": statistics.mean(values),
                 "mean_abs_error": statistics.mean(abs(v - target) for v in values),
@@ -92,15 +104,17 @@ def main(argv: list[str] | None = None) -> None:
         f"{args.router}, {len(prompts)} prompts ({args.prompts}) x n={args.n}, "
         f"{args.length} tokens, guard {args.guard}",
         "",
-        "| target | mean share | mean abs error | spread | fixed γ (same mean) | its mean | "
-        "its spread | guard: mean share | guard: tokens/s vs off |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| target | mean share | mean abs error | spread | spread, full-length samples | "
+        "fixed γ (same mean) | its mean | its spread | its spread, full-length | "
+        "guard: mean share | guard: tokens/s vs off |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
             f"| {r['target']:.1f} | {r['mean_share']:.3f} | {r['mean_abs_error']:.3f} | "
-            f"{r['spread']:.3f} | {r['fixed_gamma']} | {r['fixed_mean_share']:.3f} | "
-            f"{r['fixed_spread']:.3f} | {r['guarded_mean_share']:.3f} | "
+            f"{r['spread']:.3f} | {r['full_spread']} | {r['fixed_gamma']} | "
+            f"{r['fixed_mean_share']:.3f} | {r['fixed_spread']:.3f} | "
+            f"{r['fixed_full_spread']} | {r['guarded_mean_share']:.3f} | "
             f"{r['guarded_tokens_per_s'] / r['tokens_per_s']:.2f}x |"
         )
     args.out.mkdir(parents=True, exist_ok=True)

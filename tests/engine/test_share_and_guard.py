@@ -21,11 +21,16 @@ def test_each_sample_lands_near_the_target(engine: BacoEngine, router: str, targ
     outs = engine.generate(
         PROMPTS, router=router, base_share=target, n=4, max_new_tokens=64, seed=1
     )
-    full = [o.base_fraction for row in outs for o in row if o.num_tokens == 64]
+    full = [o for row in outs for o in row if o.num_tokens == 64]
     assert len(full) >= 8
-    assert abs(statistics.mean(full) - target) <= 0.05
-    # each sample within 0.15 (a word may be several tokens, so a sample cannot stop exactly)
-    assert max(abs(s - target) for s in full) <= 0.15
+    assert abs(statistics.mean(o.base_fraction for o in full) - target) <= 0.05
+    continuation = engine.pair.aligned.masks.continuation.tolist()
+    for out in full:
+        # within 0.1, give or take the sample's longest word: a word is never split, and a
+        # random tiny model writes words of many tokens
+        starts = [i for i, t in enumerate(out.token_ids) if i == 0 or not continuation[t]]
+        longest = max(b - a for a, b in zip(starts, [*starts[1:], 64], strict=True))
+        assert abs(out.base_fraction - target) <= 0.1 + longest / 64, out.sources
 
 
 def test_base_share_beats_a_fixed_gamma_at_the_same_mean(engine: BacoEngine) -> None:
