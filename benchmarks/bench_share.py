@@ -25,7 +25,6 @@ import torch
 from baco_integrations import BacoEngine
 from baco_integrations.evaluation.sweep.prompts import load_prompts
 
-
 FULL: dict[str, list[float]] = {}  # per run: the shares of samples that used the whole budget
 
 
