@@ -30,7 +30,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
@@ -628,3 +628,26 @@ class DecodingGate:
         the engine decodes; a blocked one leaves the gate to report ``went=False``."""
         await self.until_held()
         self.go.set()
+
+
+def openai_logprob_content(entries: Sequence[Any] | None) -> list[dict[str, Any]]:
+    """Token log-prob entries (``BacoOutput.logprobs``) written out as OpenAI's chat
+    ``logprobs.content``, apart from the adapters' own conversion: the oracle the adapter and
+    server tests compare against."""
+    assert entries is not None
+
+    def spelled(entry: Any) -> list[int]:
+        return list(entry.bytes) if entry.bytes else list(entry.token.encode("utf-8"))
+
+    return [
+        {
+            "token": e.token,
+            "bytes": spelled(e),
+            "logprob": e.logprob,
+            "top_logprobs": [
+                {"token": t.token, "bytes": spelled(t), "logprob": t.logprob}
+                for t in e.top_logprobs
+            ],
+        }
+        for e in entries
+    ]

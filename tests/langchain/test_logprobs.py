@@ -16,6 +16,7 @@ from baco_integrations import BacoEngine
 from baco_integrations.config import MAX_TOP_LOGPROBS
 from baco_integrations.langchain import BacoLLM, ChatBaco
 from baco_integrations.outputs import BacoOutput, TokenLogProb
+from baco_integrations.testing import openai_logprob_content
 
 PROMPT = "Name a cat"
 CONVERSATION = [{"role": "user", "content": PROMPT}]
@@ -31,19 +32,8 @@ def _bytes(entry: Any) -> list[int]:
 
 
 def expected_content(entries: tuple[TokenLogProb, ...] | None) -> list[dict[str, Any]]:
-    """The engine's entries as OpenAI's chat ``logprobs.content``, written out here."""
-    assert entries is not None
-    return [
-        {
-            "token": e.token,
-            "bytes": _bytes(e),
-            "logprob": e.logprob,
-            "top_logprobs": [
-                {"token": t.token, "bytes": _bytes(t), "logprob": t.logprob} for t in e.top_logprobs
-            ],
-        }
-        for e in entries
-    ]
+    """The engine's entries as OpenAI's chat ``logprobs.content``, written out apart."""
+    return openai_logprob_content(entries)
 
 
 def check_shape(logprobs: Any, top: int) -> None:

@@ -15,6 +15,7 @@ from baco_integrations import BacoEngine
 from baco_integrations.config import MAX_TOP_LOGPROBS
 from baco_integrations.llama_index import BacoLLM
 from baco_integrations.outputs import BacoOutput, TokenLogProb
+from baco_integrations.testing import openai_logprob_content
 
 PROMPT = "Write a poem."
 CONVERSATION = [{"role": "user", "content": "Hi"}]
@@ -39,18 +40,8 @@ def expected_logprobs(entries: tuple[TokenLogProb, ...] | None, top: int) -> lis
 
 
 def expected_content(entries: tuple[TokenLogProb, ...] | None) -> list[dict[str, Any]]:
-    assert entries is not None
-    return [
-        {
-            "token": e.token,
-            "bytes": _bytes(e),
-            "logprob": e.logprob,
-            "top_logprobs": [
-                {"token": t.token, "bytes": _bytes(t), "logprob": t.logprob} for t in e.top_logprobs
-            ],
-        }
-        for e in entries
-    ]
+    """The engine's entries as OpenAI's chat ``logprobs.content``, written out apart."""
+    return openai_logprob_content(entries)
 
 
 def check_means(info: dict[str, Any], output: BacoOutput) -> None:
