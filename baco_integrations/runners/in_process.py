@@ -362,9 +362,14 @@ class TransformersRunner(ModelRunner):
             known += _logprobs_of(before, tokens[len(known) :])
 
     def response_logprobs(self, rows: Sequence[int]) -> list[list[float] | None]:
-        if any(self.pending[r] for r in rows):
+        # A row's first pending token is scored from the logits the row holds: a row with
+        # no other token pending (the usual end of a sample) needs no forward at all.
+        self._score_first([r for r in rows if self.pending[r]])
+        if any(len(self.pending_scored[r]) < len(self.pending[r]) for r in rows):
             self._catch_up()
-        return [list(self.scored[r]) if self.scoring[r] else None for r in rows]
+        return [
+            self.scored[r] + self.pending_scored[r] if self.scoring[r] else None for r in rows
+        ]
 
     def _settle(self, width: int, ran: list[int]) -> None:
         for row in ran:
