@@ -367,9 +367,7 @@ class TransformersRunner(ModelRunner):
         self._score_first([r for r in rows if self.pending[r]])
         if any(len(self.pending_scored[r]) < len(self.pending[r]) for r in rows):
             self._catch_up()
-        return [
-            self.scored[r] + self.pending_scored[r] if self.scoring[r] else None for r in rows
-        ]
+        return [self.scored[r] + self.pending_scored[r] if self.scoring[r] else None for r in rows]
 
     def _settle(self, width: int, ran: list[int]) -> None:
         for row in ran:
