@@ -81,3 +81,12 @@ def running_server(
         yield server
     finally:
         server.stop()
+
+
+def baco_block(choice: Any) -> dict[str, Any]:
+    """A choice's provenance as the openai client keeps it (an extra field, in
+    ``model_extra``)."""
+    extra = choice.model_extra or {}
+    assert "baco" in extra, choice
+    block: dict[str, Any] = extra["baco"]
+    return block

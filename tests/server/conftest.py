@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
+import openai
 import pytest
 
 from baco_integrations import BacoEngine, GenerationSettings
@@ -93,3 +94,12 @@ def wait_for() -> Callable[[Callable[[], bool], str], None]:
         raise AssertionError(f"timed out waiting for {what}")
 
     return wait
+
+
+@pytest.fixture
+def client(server: LiveServer) -> Iterator[openai.OpenAI]:
+    """The openai client pointed at the test server (no retries, bounded waits)."""
+    with openai.OpenAI(
+        base_url=server.base_url, api_key="test-key", max_retries=0, timeout=HANG_GUARD_S
+    ) as opened:
+        yield opened

@@ -5,7 +5,6 @@ completions' ``logprobs=k``, whole and streamed, read by the openai client and b
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterator
 from typing import Any
 
 import openai
@@ -17,7 +16,7 @@ from baco_integrations.config import MAX_TOP_LOGPROBS
 from baco_integrations.outputs import TokenLogProb, TopLogProb
 from baco_integrations.server.responses import LegacyLogprobs as Legacy
 from baco_integrations.server.responses import chat_logprobs
-from baco_integrations.server.testing import LiveServer
+from baco_integrations.server.testing import LiveServer, baco_block
 from baco_integrations.testing import HANG_GUARD_S
 
 MODEL = "baco-tiny"
@@ -36,18 +35,7 @@ COMPLETION: dict[str, Any] = {**CHAT, "prompt": PROMPT}
 del COMPLETION["messages"]
 
 
-@pytest.fixture
-def client(server: LiveServer) -> Iterator[openai.OpenAI]:
-    with openai.OpenAI(
-        base_url=server.base_url, api_key="test-key", max_retries=0, timeout=HANG_GUARD_S
-    ) as opened:
-        yield opened
-
-
-def baco(choice: Any) -> dict[str, Any]:
-    extra = choice.model_extra or {}
-    assert "baco" in extra, choice
-    return extra["baco"]
+baco = baco_block  # the choice's provenance (an extra field the openai client keeps)
 
 
 def spelled(entries: list[ChatCompletionTokenLogprob]) -> str:

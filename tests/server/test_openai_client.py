@@ -4,7 +4,6 @@ whole and streamed, n, stop, usage, BACO settings and provenance."""
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterator
 from typing import Any, Literal
 
 import httpx
@@ -14,7 +13,7 @@ from openai.types.chat import ChatCompletionMessageParam
 from pydantic import BaseModel
 
 from baco_integrations import BacoEngine
-from baco_integrations.server.testing import LiveServer
+from baco_integrations.server.testing import LiveServer, baco_block
 from baco_integrations.testing import HANG_GUARD_S
 
 MODEL = "baco-tiny"
@@ -22,19 +21,7 @@ QUESTION = "Hello, name a colour."
 HELLO: list[ChatCompletionMessageParam] = [{"role": "user", "content": QUESTION}]
 
 
-@pytest.fixture
-def client(server: LiveServer) -> Iterator[openai.OpenAI]:
-    with openai.OpenAI(
-        base_url=server.base_url, api_key="test-key", max_retries=0, timeout=HANG_GUARD_S
-    ) as opened:
-        yield opened
-
-
-def baco(choice: Any) -> dict[str, Any]:
-    """The choice's provenance: an extra field the openai client keeps in model_extra."""
-    extra = choice.model_extra or {}
-    assert "baco" in extra, choice
-    return extra["baco"]
+baco = baco_block  # the choice's provenance (an extra field the openai client keeps)
 
 
 def check_provenance(text: str, provenance: dict[str, Any]) -> None:
