@@ -588,3 +588,23 @@ def test_base_shares_are_an_axis_and_the_builtin_prompts_have_fixed_halves(
     assert {p.id for p in tuning} | {p.id for p in heldout} == {p.id for p in load_prompts()}
     with pytest.raises(ValueError, match="has none"):
         make_config(tiny_pair, tmp_path, methods=[{"router": "aligned", "base_shares": [0.2]}])
+
+
+def test_a_point_the_pair_refuses_stops_the_sweep_before_generating(
+    tiny_cross_pair: TinyPair, cross_engine: BacoEngine, tmp_path: Path
+) -> None:
+    """The guard needs one tokenizer: on a cross-family pair the sweep says so up front."""
+    from baco_integrations.evaluation.sweep.errors import SweepConfigError
+
+    config = make_config(
+        tiny_cross_pair,
+        tmp_path,
+        methods=[
+            {"name": "aligned T", "router": "aligned", "temperatures": [1.0]},
+            {"name": "guarded", "router": "P", "gammas": [0.3], "guard": 0.2},
+        ],
+    )
+    counting = CountingEngine(cross_engine)
+    with pytest.raises(SweepConfigError, match="method 'guarded'.*guard=0.2"):
+        run_sweep(config, engine=counting, embedder=HashEmbedder(), progress=False)
+    assert counting.calls == 0

@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 
 from ..semantic import Embedder
 from .config import OperatingPoint, SweepConfig
+from .errors import SweepConfigError
 from .files import ensure_output_dir, lock_output_dir, write_text_atomic
 from .prompts import PromptItem, load_prompts
 from .report import Scores, write_report
@@ -178,6 +179,30 @@ def generate_batches(
     return limit
 
 
+def check_points_fit(
+    config: SweepConfig, todo: Sequence[tuple[OperatingPoint, PromptItem]], engine: Any
+) -> None:
+    """Every point still to generate is one the engine accepts for this pair (a guard needs
+    one tokenizer, ...): prepared once each before anything is generated, so a sweep does not
+    stop halfway on a setting the pair refuses."""
+    if not hasattr(engine, "prepare"):  # an engine that only generates (a test's stand-in)
+        return
+    seen: set[str] = set()
+    for point, prompt in todo:
+        if point.label + point.method in seen:
+            continue
+        seen.add(point.label + point.method)
+        try:
+            engine.prepare(
+                [prompt.prompt],
+                engine.resolve_settings(
+                    None, n=config.n, max_new_tokens=config.max_new_tokens, **point.settings
+                ),
+            )
+        except ValueError as exc:
+            raise SweepConfigError(f"method {point.method!r}, point {point.label}: {exc}") from None
+
+
 def score_sweep(
     config: SweepConfig,
     plan: SweepPlan,
@@ -241,6 +266,8 @@ def run_sweep(
         own_engine = engine is None and bool(todo)
         if own_engine:
             engine = load_engine(config)
+        if todo:
+            check_points_fit(config, todo, engine)
         generated = generate_batches(
             config,
             store,
