@@ -28,7 +28,8 @@ from typing import Any
 
 from transformers import PreTrainedTokenizerBase
 
-from ..outputs import BacoOutput, TokenLogProb, TopLogProb, Usage
+from .._adapter import openai_logprobs, token_bytes
+from ..outputs import BacoOutput, TokenLogProb, Usage
 from ..render import source_spans
 
 #: OpenAI's ``system_fingerprint``: which server configuration answered.
@@ -81,28 +82,10 @@ def provenance(output: BacoOutput, tokenizer: PreTrainedTokenizerBase) -> dict[s
 # ------------------------------------------------------------------------- log-probs
 
 
-def _bytes(entry: TokenLogProb | TopLogProb) -> bytes:
-    """A token's UTF-8 bytes (its text's, where the engine recorded none)."""
-    return bytes(entry.bytes) if entry.bytes else entry.token.encode("utf-8")
-
-
 def chat_logprobs(entries: Sequence[TokenLogProb]) -> dict[str, Any]:
-    """Chat's ``choice.logprobs``: one entry per token, its alternatives most likely first."""
-    return {
-        "content": [
-            {
-                "token": entry.token,
-                "bytes": list(_bytes(entry)),
-                "logprob": entry.logprob,
-                "top_logprobs": [
-                    {"token": top.token, "bytes": list(_bytes(top)), "logprob": top.logprob}
-                    for top in entry.top_logprobs
-                ],
-            }
-            for entry in entries
-        ],
-        "refusal": None,
-    }
+    """Chat's ``choice.logprobs``: one entry per token, its alternatives most likely first
+    (the adapters' shape, with OpenAI's ``refusal``)."""
+    return openai_logprobs(entries) | {"refusal": None}
 
 
 class LegacyLogprobs:
@@ -125,7 +108,7 @@ class LegacyLogprobs:
         tops = []
         for entry in entries:
             offsets.append(self._chars)
-            self._chars += len(self._decoder.decode(_bytes(entry)))
+            self._chars += len(self._decoder.decode(bytes(token_bytes(entry))))
             top: dict[str, float] = {}
             for alternative in entry.top_logprobs:
                 top.setdefault(alternative.token, alternative.logprob)
