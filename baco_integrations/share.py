@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import statistics
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -41,7 +41,6 @@ from .routers import (
     LockedRouter,
     NudgingRouter,
     ProbabilityRouter,
-    RandomRouter,
     RouterInputs,
 )
 
@@ -190,12 +189,6 @@ def _sample_ids(inputs: RouterInputs) -> list[int]:
     if inputs.sample_ids is None:
         return list(range(inputs.batch_size))
     return [int(i) for i in inputs.sample_ids.tolist()]
-
-
-def is_threshold_router(router: Callable[..., Any]) -> bool:
-    return isinstance(
-        router, ProbabilityRouter | EntropyRouter | NudgingRouter | RandomRouter | LockedRouter
-    )
 
 
 def calibration_prompts() -> Sequence[str]:

@@ -43,7 +43,29 @@ def full_spread(**settings: Any) -> str:
     return f"{statistics.pstdev(values):.3f} (of {len(values)})" if len(values) > 1 else "—"
 
 
-def main(argv: list[str] | None = None) -> None:
+def markdown(rows: list[dict[str, Any]], args: argparse.Namespace, prompts: int) -> list[str]:
+    """The report's lines: a header and one table row per target."""
+    lines = [
+        f"{args.router}, {prompts} prompts ({args.prompts}) x n={args.n}, "
+        f"{args.length} tokens, guard {args.guard}",
+        "",
+        "| target | mean share | mean abs error | spread | spread, full-length samples | "
+        "fixed γ (same mean) | its mean | its spread | its spread, full-length | "
+        "guard: mean share | guard: tokens/s vs off |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['target']:.1f} | {r['mean_share']:.3f} | {r['mean_abs_error']:.3f} | "
+            f"{r['spread']:.3f} | {r['full_spread']} | {r['fixed_gamma']} | "
+            f"{r['fixed_mean_share']:.3f} | {r['fixed_spread']:.3f} | "
+            f"{r['fixed_full_spread']} | {r['guarded_mean_share']:.3f} | "
+            f"{r['guarded_tokens_per_s'] / r['tokens_per_s']:.2f}x |"
+        )
+    return lines
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--base")
     parser.add_argument("--aligned")
@@ -58,7 +80,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--guard", type=float, default=0.1)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.base is None:
         from baco_integrations.offline import converted_pair
@@ -99,23 +125,7 @@ def main(argv: list[str] | None = None) -> None:
             }
         )
         print(json.dumps(rows[-1]), flush=True)
-    lines = [
-        f"{args.router}, {len(prompts)} prompts ({args.prompts}) x n={args.n}, "
-        f"{args.length} tokens, guard {args.guard}",
-        "",
-        "| target | mean share | mean abs error | spread | spread, full-length samples | "
-        "fixed γ (same mean) | its mean | its spread | its spread, full-length | "
-        "guard: mean share | guard: tokens/s vs off |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for r in rows:
-        lines.append(
-            f"| {r['target']:.1f} | {r['mean_share']:.3f} | {r['mean_abs_error']:.3f} | "
-            f"{r['spread']:.3f} | {r['full_spread']} | {r['fixed_gamma']} | "
-            f"{r['fixed_mean_share']:.3f} | {r['fixed_spread']:.3f} | "
-            f"{r['fixed_full_spread']} | {r['guarded_mean_share']:.3f} | "
-            f"{r['guarded_tokens_per_s'] / r['tokens_per_s']:.2f}x |"
-        )
+    lines = markdown(rows, args, len(prompts))
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "share.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
     (args.out / "share.json").write_text(
