@@ -25,14 +25,28 @@ def test_chat_model_field_and_per_call_override(engine: BacoEngine) -> None:
     )
     assert reply.content == expected.text
     assert reply.response_metadata["base_fraction"] == expected.base_fraction
-    other = chat.invoke(PROMPT, seed=2, base_share=0.6)
-    assert other.response_metadata["base_fraction"] >= 0.0
+    other = chat.invoke(PROMPT, seed=2, base_share=0.6)  # the per-call value wins
+    ((expected,),) = engine.generate(
+        [{"role": "user", "content": PROMPT}],
+        router="P",
+        base_share=0.6,
+        guard=0.1,
+        max_new_tokens=24,
+        seed=2,
+    )
+    assert other.response_metadata["base_fraction"] == expected.base_fraction
+    assert other.content == expected.text
 
 
 def test_completion_llm_takes_base_share(engine: BacoEngine) -> None:
     llm = BacoLLM(engine=engine, router="random", base_share=0.5, max_new_tokens=16)
     result = llm.generate([PROMPT], seed=1)
-    assert 0.0 <= result.generations[0][0].generation_info["base_fraction"] <= 1.0
+    ((expected,),) = engine.generate(
+        PROMPT, router="random", base_share=0.5, max_new_tokens=16, seed=1
+    )
+    generation = result.generations[0][0]
+    assert generation.text == expected.text
+    assert generation.generation_info["base_fraction"] == expected.base_fraction
 
 
 @pytest.mark.parametrize(
