@@ -44,6 +44,11 @@ _SETTING_OPTIONS = (
 )
 
 
+_DEVICE_HELP = (
+    "torch device: auto (default: CUDA if available, else MPS, else CPU), cpu, cuda, cuda:1, ..."
+)
+
+
 def _add_generate(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "generate",
@@ -66,7 +71,7 @@ def _add_generate(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     p.add_argument("--seed", type=int, help="seed for reproducible samples")
     p.add_argument("--system-prompt", help="system prompt of the aligned model")
     p.add_argument("--stop", action="append", help="stop string (repeatable)")
-    p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    p.add_argument("--device", default="auto", help=_DEVICE_HELP)
     p.add_argument("--dtype", default="auto", help="auto (bf16 on CUDA, fp32 on CPU), ...")
     p.add_argument("--base-gguf-file", help="GGUF file inside --base")
     p.add_argument("--aligned-gguf-file", help="GGUF file inside --aligned")
@@ -136,7 +141,7 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         help="require 'Authorization: Bearer KEY' on /v1 (default: $BACO_API_KEY; none if unset)",
     )
     p.add_argument("--model-name", help="the model id clients send (default: baco:BASE+ALIGNED)")
-    p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    p.add_argument("--device", default="auto", help=_DEVICE_HELP)
     p.add_argument("--dtype", default="auto", help="auto (bf16 on CUDA, fp32 on CPU), ...")
     p.add_argument("--base-gguf-file", help="GGUF file inside --base")
     p.add_argument("--aligned-gguf-file", help="GGUF file inside --aligned")
@@ -225,6 +230,21 @@ def _read_stdin() -> str:
         ) from None
 
 
+def _choose_device(args: argparse.Namespace) -> None:
+    """Resolve ``--device`` (``auto``: the accelerator if there is one) and ``--dtype`` before
+    any model loads, and say on stderr which were chosen and why."""
+    from .loading import AUTO_DEVICE, DeviceChoice, choose_device, resolve_dtype
+
+    if getattr(args, "ray_address", None) is not None and args.device != AUTO_DEVICE:
+        # The cluster's nodes load the pair: a device that this machine lacks may be theirs.
+        choice = DeviceChoice(args.device, "given by --device, for the cluster's replicas")
+    else:
+        choice = choose_device(args.device, name="--device")
+    dtype = resolve_dtype(args.dtype, choice.device)
+    args.device = str(choice.device)
+    print(f"baco: {choice}, dtype {str(dtype).removeprefix('torch.')}", file=sys.stderr)
+
+
 def _cmd_generate(args: argparse.Namespace) -> int:
     from .config import GenerationSettings
     from .engine import BacoEngine
@@ -240,6 +260,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     # oversized request (n, prompt length) the engine's default limits would refuse anyway.
     settings = GenerationSettings(**overrides)
     EngineLimits().check_call([prompt], settings)
+    _choose_device(args)
     engine = BacoEngine.from_pretrained(
         args.base,
         args.aligned,
@@ -339,6 +360,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return EXIT_USAGE
+    if args.base_url is None:  # a pair loaded here (by each replica with --ray)
+        _choose_device(args)
     try:
         if args.ray:
             from .server.ray_app import serve_with_ray
