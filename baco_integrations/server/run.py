@@ -1,8 +1,8 @@
 """Running the app with uvicorn, and ``baco serve``: load a pair, then serve it.
 
 With no ``--base``/``--aligned``, ``baco serve`` serves the offline real pair (Gemma-3-270m
-base, SmolLM2-135M-Instruct aligned), installing it first if it is not in the cache, like
-``examples/quickstart.py``.
+base, SmolLM2-135M-Instruct aligned) through :func:`~baco_integrations.load_offline_engine`,
+installing it first if it is not in the cache, like ``examples/quickstart.py``.
 """
 
 from __future__ import annotations
@@ -85,24 +85,21 @@ def engine_from_args(args: argparse.Namespace) -> tuple[BacoEngine, str]:
     if getattr(args, "base_url", None) is not None:
         return _engine_over_endpoints(args, limits)
     if args.base is None:
-        from ..offline import converted_pair
+        from ..offline import load_offline_engine
 
         print("baco: preparing the offline pair (installed once, then cached) ...", file=sys.stderr)
-        pair = converted_pair()
-        base, aligned, name = str(pair.base_dir), str(pair.aligned_dir), OFFLINE_MODEL_NAME
-    else:
-        base, aligned = args.base, args.aligned
-        name = f"baco:{base}+{aligned}"
+        engine = load_offline_engine(device=args.device, dtype=args.dtype, limits=limits)
+        return engine, OFFLINE_MODEL_NAME
     engine = BacoEngine.from_pretrained(
-        base,
-        aligned,
+        args.base,
+        args.aligned,
         device=args.device,
         dtype=args.dtype,
         base_gguf_file=args.base_gguf_file,
         aligned_gguf_file=args.aligned_gguf_file,
         limits=limits,
     )
-    return engine, name
+    return engine, f"baco:{args.base}+{args.aligned}"
 
 
 def _engine_over_endpoints(
@@ -148,6 +145,8 @@ def _check_pair_options(args: argparse.Namespace) -> None:
         raise ValueError(f"{', '.join(given)} need --base-url and --aligned-url")
     if (args.base is None) != (args.aligned is None):
         raise ValueError("give both --base and --aligned, or neither (the offline pair)")
+    if args.base is None and (args.base_gguf_file or args.aligned_gguf_file):
+        raise ValueError("--base-gguf-file and --aligned-gguf-file need --base and --aligned")
 
 
 def serve_command(args: argparse.Namespace) -> int:

@@ -61,7 +61,8 @@ def test_default_serves_the_offline_pair(
     served: Served, offline_calls: list[dict[str, Any]]
 ) -> None:
     assert main(["serve"]) == 0
-    assert offline_calls == [{}]  # installs and converts if needed, like the quickstart
+    # Installs and converts if needed, like the quickstart.
+    assert offline_calls == [{"cache_dir": None, "install": True, "convert": True}]
     engine, config = served.only
     assert config.model_name == OFFLINE_MODEL_NAME
     assert (config.host, config.port) == ("127.0.0.1", 8000)  # safe by default
