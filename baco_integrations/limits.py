@@ -52,6 +52,10 @@ class EngineLimits(BaseModel):
       call always joins an empty batch, whatever its size).
     * ``max_waiting`` (1024): calls waiting to join; one more raises
       :class:`~baco_integrations.EngineOverloaded` at once (a server answers 429/503).
+    * ``admission_wait_steps`` (8): calls that arrive while a batch decodes are prefilled
+      together in rounds: a waiting call joins at most this many steps after it arrived,
+      with everything that arrived meanwhile; at once when the batch is empty or a burst
+      arrives (more rows in one step than are running). 0 admits before every step.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -79,6 +83,11 @@ class EngineLimits(BaseModel):
     max_waiting: _Cap = Field(
         default=1024,
         description="Most calls waiting to join the batch; beyond, EngineOverloaded is raised.",
+    )
+    admission_wait_steps: Annotated[Int, Field(ge=0)] = Field(
+        default=8,
+        description="Most steps a call waits to join a running batch, so that arrivals are "
+        "prefilled in rounds (0: before every step; docs/performance.md).",
     )
 
     def check_settings(self, settings: GenerationSettings) -> None:

@@ -3,7 +3,15 @@
 Callers (threads, asyncio tasks) submit requests; one scheduler thread runs the running batch
 step by step. Between steps, waiting requests join in FIFO order (prefilled, their caches
 merged into the batch's) within the caps on live rows and prefill tokens per step; finished
-rows leave at the end of their step, cancelled requests before the next one. The thread runs
+rows leave at the end of their step, cancelled requests before the next one.
+
+Admission comes in rounds: each prefill is a forward of each model that stalls every running
+row, and on the offline pair one prompt's round costs about half a step more than the same
+prompt prefilled with others. A running batch therefore takes waiting requests when the
+oldest has waited ``admission_wait_steps`` steps (bounding time to first token), or at once
+when a burst arrives (more rows in one step than are running: the batch at least doubles),
+or when the batch is empty. Calls arriving one per step are then prefilled together, as
+text-generation-inference's ``max_waiting_tokens`` does. The thread runs
 while there is work and ends when there is none (a new request starts it again), so an idle
 engine holds no thread.
 
@@ -95,6 +103,7 @@ class Scheduler:
         max_live_rows: int,
         max_prefill_tokens: int,
         max_waiting: int,
+        admission_wait_steps: int = 0,
     ) -> None:
         self.batch = RunningBatch(pair)
         #: A runner that cannot add rows to running ones (a static cache) takes a request
@@ -103,7 +112,12 @@ class Scheduler:
         self.max_live_rows = max_live_rows
         self.max_prefill_tokens = max_prefill_tokens
         self.max_waiting = max_waiting
+        self.admission_wait_steps = admission_wait_steps
         self._waiting: deque[Ticket] = deque()
+        #: Rows submitted since the last admission check (a burst admits at once).
+        self._arrived_rows = 0
+        #: Prefill rounds run (forwards of each model that admitted requests).
+        self.prefill_rounds = 0
         self._live: dict[int, Ticket] = {}  # by id(request)
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
@@ -134,6 +148,7 @@ class Scheduler:
                 )
             request.submitted_at_step = self.steps
             self._waiting.append(ticket)
+            self._arrived_rows += request.rows
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name=THREAD_NAME, daemon=True)
                 self._thread.start()
@@ -194,9 +209,19 @@ class Scheduler:
             if not self.batch.empty:
                 self._step()
 
+    def _round_due(self) -> bool:
+        """Whether waiting requests join now (see the module's docstring)."""
+        arrived, self._arrived_rows = self._arrived_rows, 0
+        if not self._waiting or self.batch.empty:
+            return True
+        oldest = self._waiting[0].request.submitted_at_step
+        return self.steps - oldest >= self.admission_wait_steps or arrived > self.live_rows
+
     def _admit(self) -> list[Ticket]:
         """Waiting tickets that join before the next step, in FIFO order, within the caps."""
         admitted: list[Ticket] = []
+        if not self._round_due():
+            return admitted
         rows, prefill = len(self.batch.rows), 0
         while self._waiting:
             request = self._waiting[0].request
@@ -218,6 +243,7 @@ class Scheduler:
         if not tickets:
             return
         try:
+            self.prefill_rounds += 1
             self.batch.join([t.request for t in tickets])
         except Exception as error:
             if len(tickets) == 1:

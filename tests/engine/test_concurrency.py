@@ -82,8 +82,9 @@ def test_a_short_call_joins_a_long_one_and_finishes_after_its_own_length(
     stream = any_engine.stream(LONG, **long_kwargs)
     first = next(stream)  # the long call is decoding
     short = any_engine.generate("Hi", **short_kwargs)
-    # it joined at the next step and finished after its own steps, while the long one ran
-    assert any_engine.last_stats.waited_steps <= 1
+    # it joined within the admission wait and finished after its own steps, while the long
+    # one ran
+    assert any_engine.last_stats.waited_steps <= any_engine.limits.admission_wait_steps
     assert any_engine.last_stats.steps == short_steps
     assert not first.finish_reason
     rest = list(stream)
@@ -230,3 +231,76 @@ def _wait_for(condition: Callable[[], bool]) -> None:
     done = threading.Event()
     while not condition():
         done.wait(0.001)
+
+
+class _StepHandshake:
+    """Holds the scheduler after each step until the test says go: what the test does in
+    between (submitting a call) happens between two known steps, however fast the machine."""
+
+    def __init__(self, engine: BacoEngine) -> None:
+        batch = self.batch = engine.scheduler.batch
+        self.scheduler_waiting = lambda: engine.scheduler.waiting
+        self._step = batch.step
+        self.stepped = threading.Event()
+        self.go = threading.Event()
+        batch.step = self  # type: ignore[method-assign]
+
+    def __call__(self) -> Any:
+        changed = self._step()
+        self.stepped.set()
+        assert self.go.wait(60), "the test never let the scheduler go on"
+        self.go.clear()
+        return changed
+
+    def next_step(self, between: Callable[[], None]) -> bool:
+        """Run ``between`` after the next step; True when that step left nothing to do."""
+        assert self.stepped.wait(60), "the scheduler took no step"
+        self.stepped.clear()
+        between()
+        last = self.batch.empty and self.scheduler_waiting() == 0
+        self.go.set()
+        return last
+
+
+@pytest.mark.parametrize("engine_kind", ["shared", "cross"])
+def test_calls_arriving_one_step_apart_are_prefilled_in_two_rounds(
+    engine_kind: str, tiny_pair: Any, tiny_cross_pair: Any
+) -> None:
+    pair = tiny_pair if engine_kind == "shared" else tiny_cross_pair
+    engine = BacoEngine.from_pretrained(pair.base_dir, pair.aligned_dir)
+    calls = [(f"Idea number {i}", {"max_new_tokens": 12, "seed": i}) for i in range(8)]
+    calls[0] = (LONG, {"max_new_tokens": 40, "seed": 0, "router": "aligned"})
+    alone = [engine.generate(p, **kw) for p, kw in calls]
+    handshake = _StepHandshake(engine)
+    rounds = engine.scheduler.prefill_rounds
+    with ThreadPoolExecutor(len(calls)) as pool:
+        futures = [pool.submit(engine.generate, calls[0][0], **calls[0][1])]
+        for k, (prompt, kwargs) in enumerate(calls[1:], start=1):
+
+            def submit(prompt: str = prompt, kwargs: dict[str, Any] = kwargs, k: int = k) -> None:
+                futures.append(pool.submit(engine.generate, prompt, **kwargs))
+                _wait_for(lambda: engine.scheduler.waiting == k)
+
+            handshake.next_step(submit)
+        assert engine.scheduler.live_rows == 1  # the first call alone: all seven still wait
+        while not handshake.next_step(lambda: None):
+            pass
+        together = [f.result() for f in futures]
+    assert engine.scheduler.prefill_rounds - rounds == 2
+    assert [ids(o) for o in together] == [ids(o) for o in alone]
+    for (_, kwargs), output in zip(calls[1:], together[1:], strict=True):
+        assert output[0][0].num_tokens <= kwargs["max_new_tokens"]
+
+
+def test_a_burst_joins_at_the_next_step(engine: BacoEngine) -> None:
+    """More rows arriving in one step than are running join at once, not after the wait."""
+    gate = DecodingGate()
+    with ThreadPoolExecutor(2) as pool:
+        holding = pool.submit(engine.generate, LONG, router=gate, max_new_tokens=20)
+        gate.wait_until_held()
+        burst = pool.submit(engine.generate, ["a", "b"], max_new_tokens=4, seed=1)
+        _wait_for(lambda: engine.scheduler.waiting == 1)
+        gate.go.set()
+        burst.result()
+        assert engine.last_stats.waited_steps <= 1
+        holding.result()
