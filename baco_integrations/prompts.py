@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import re
 import string
+import threading
 import warnings
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -230,3 +233,37 @@ def check_rendered(base: Sequence[Sequence[int]], aligned: Sequence[Sequence[int
                     "and a tokenizer that adds no BOS token): give the model some text to "
                     "continue, e.g. keep the default base_template '{prompt}\\n'"
                 )
+
+
+class RenderedPrompts:
+    """Each model's prompt ids, rendered once per (prompt, system prompt, template) and kept
+    for the most recent ``size`` prompts: a server that counts a prompt's tokens before the
+    call and the engine that prepares it then tokenize it once, as do repeated prompts."""
+
+    def __init__(
+        self, base: PreTrainedTokenizerBase, aligned: PreTrainedTokenizerBase, size: int = 256
+    ) -> None:
+        self.base, self.aligned, self.size = base, aligned, size
+        self._kept: OrderedDict[tuple[str, str | None, str], tuple[list[int], list[int]]] = (
+            OrderedDict()
+        )
+        self._lock = threading.Lock()
+
+    def ids(
+        self, prompt: Prompt, system_prompt: str | None, template: str
+    ) -> tuple[list[int], list[int]]:
+        """(base ids, aligned ids) of a normalized prompt; fresh lists on every call."""
+        key = (json.dumps(prompt, sort_keys=True, default=repr), system_prompt, template)
+        with self._lock:
+            if (kept := self._kept.get(key)) is not None:
+                self._kept.move_to_end(key)
+                return list(kept[0]), list(kept[1])
+        rendered = (
+            base_ids(self.base, prompt, template),
+            aligned_ids(self.aligned, prompt, system_prompt, template),
+        )
+        with self._lock:
+            self._kept[key] = rendered
+            while len(self._kept) > self.size:
+                self._kept.popitem(last=False)
+        return list(rendered[0]), list(rendered[1])

@@ -91,9 +91,10 @@ class Request:
 
     def __post_init__(self) -> None:
         settings = self.settings
-        self.router = build_router(settings.router_config())
+        config = settings.router_config()
+        self.router = build_router(config)
         #: A user's callable router may raise mid-step; the built-in ones do not.
-        self.custom_router = not isinstance(settings.router_config().strategy, str)
+        self.custom_router = not isinstance(config.strategy, str)
         self.sampler = Sampler(settings.temperature, settings.top_k, settings.top_p, settings.min_p)
         #: The distributions the router reads (a bad ``needs`` fails here, before any
         #: decoding); lock-step decoding reads both.

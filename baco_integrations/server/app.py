@@ -81,8 +81,8 @@ class Service:
         # a 503 rather than an error event (a race past this check still gets the event).
         if load.waiting + len(call.prompts) > load.max_waiting:
             raise overloaded_now(self, load.waiting)
-        # EngineLimits caps characters, not tokens: the server counts them (the engine then
-        # tokenizes each prompt again when it prepares the call).
+        # EngineLimits caps characters, not tokens: the server counts them (the engine keeps
+        # the ids and does not tokenize the prompt again when it prepares the call).
         for prompt in call.prompts:
             try:
                 ids = self.engine.encode_prompts(

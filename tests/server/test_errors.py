@@ -290,3 +290,23 @@ def test_full_queue_is_503_with_retry_after(
             assert queued.read() and queued.status_code == 200
         assert first.status_code == 200
         assert [line for line in first.iter_lines() if line][-1] == "data: [DONE]"
+
+
+def test_each_prompt_is_tokenized_once(http: httpx.Client, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The server counts a prompt's tokens for its cap; the engine reuses those ids."""
+    from baco_integrations import prompts
+
+    rendered: list[str] = []
+    aligned_ids = prompts.aligned_ids
+
+    def counting(tokenizer: Any, prompt: Any, *args: Any) -> list[int]:
+        rendered.append(str(prompt))
+        return aligned_ids(tokenizer, prompt, *args)
+
+    monkeypatch.setattr(prompts, "aligned_ids", counting)
+    body = {"model": "baco-tiny", "max_tokens": 2, "seed": 1}
+    for content in ("Tokenize me once, please.", "And me, once too."):
+        messages = [{"role": "user", "content": content}]
+        reply = http.post("/v1/chat/completions", json={**body, "messages": messages})
+        assert reply.status_code == 200, reply.text
+    assert len(rendered) == 2
