@@ -23,7 +23,6 @@ import torch
 
 from ..detokenize import IncrementalDetokenizer
 from ..runners import RowSettings
-from .encoding import encode_text
 from .logprobs import Scored
 from .pair import SOURCE_IDS, SOURCE_NAMES, Pair
 from .randomness import row_seed
@@ -255,7 +254,7 @@ class TextBridge(Bridge):
         view, tokenizer = self.views[source], self.pair.members[source].tokenizer
         for row in rows:
             if writers[row] != source:
-                view.sync(row, encode_text(tokenizer, self.samples[row].text))
+                view.sync_text(row, self.samples[row].text, tokenizer)
 
     def commit(
         self,
@@ -293,7 +292,7 @@ class TextBridge(Bridge):
             view, tokenizer = self.views[source], self.pair.members[source].tokenizer
             for row, sample in zip(rows, samples, strict=True):
                 if sample.cut or sources[row] != source:
-                    view.sync(row, encode_text(tokenizer, sample.text))
+                    view.sync_whole(row, sample.text, tokenizer)
         return [None for _ in rows]
 
     def after_step(self, tokens: list[int], lock_step: bool) -> None:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 import pytest
 import torch
 
@@ -113,10 +116,11 @@ class _Recorder:
         add_rows, select = TransformersRunner.add_rows, TransformersRunner.select
         release = TransformersRunner.release
 
-        def spy_sync(view: ModelView, row: int, target: list[int]) -> None:
+        def spy_sync(view: ModelView, row: int, tail: list[int], start: int = 0) -> None:
             recorder.views[id(view.runner)] = view
             before, reused, synced = list(view.rows[row]), view.reused_tokens, view.synced_tokens
-            sync(view, row, target)
+            target = before[:start] + tail
+            sync(view, row, tail, start)
             if before != target:
                 kept, ran = view.reused_tokens - reused, view.synced_tokens - synced
                 recorder.syncs.append((before, target, kept, ran))
@@ -227,3 +231,59 @@ def test_static_cache_is_refused_for_a_cross_family_pair(tiny_cross_pair) -> Non
         BacoEngine.from_pretrained(
             tiny_cross_pair.base_dir, tiny_cross_pair.aligned_dir, cache_implementation="static"
         )
+
+
+class _RecordingRunner:
+    """Just enough of a runner for a ModelView: it records the ids it is sent."""
+
+    def __init__(self) -> None:
+        self.sent = 0
+
+    def add_rows(self, *args: Any) -> None:
+        pass
+
+    def rewind(self, row: int, keep: int) -> None:
+        pass
+
+    def append(self, row: int, ids: Sequence[int]) -> None:
+        self.sent += len(ids)
+
+
+_PARAGRAPH = (
+    "Brainstorm: a coffee shop called The Daily Grind, open late; a bakery-café named "
+    'Crumb & Co. with 3 kinds of sourdough!  Or "Bean There" (a pun), where every cup is '
+    "hand-poured, and a quiet reading room upstairs... Why not? Names: Ember, Roast-House, "
+    "Café Lumière, 24/7 Beans, the Night Owl.\nA second line\twith a tab, then more words."
+)
+
+
+def _tokenizers(tiny_cross_pair: Any) -> list[Any]:
+    """The tiny cross pair's tokenizers, and the offline pair's where it is prepared."""
+    from transformers import AutoTokenizer
+
+    from baco_integrations.offline import default_cache_dir
+
+    folders = [tiny_cross_pair.base_dir, tiny_cross_pair.aligned_dir]
+    names = ("gemma-3-270m", "smollm2-135m-instruct")
+    offline = [default_cache_dir() / name / "hf" for name in names]
+    folders += [f for f in offline if (f / "tokenizer.json").exists()]
+    return [AutoTokenizer.from_pretrained(f) for f in folders]
+
+
+def test_incremental_retokenization_equals_the_whole_text_and_stays_small(
+    tiny_cross_pair: Any,
+) -> None:
+    """Text grows a few characters at a time (as models write it); after every sync the view
+    is exactly the whole text's tokenization, while each sync re-encodes about a word."""
+    for tokenizer in _tokenizers(tiny_cross_pair):
+        runner = _RecordingRunner()
+        view = ModelView(runner)  # type: ignore[arg-type]
+        view.add_rows([[1]], [1], capacity=1024)
+        widest = 0
+        for end in range(1, len(_PARAGRAPH) + 1, 3):
+            text = _PARAGRAPH[:end]
+            before = view.anchors[0][1]
+            view.sync_text(0, text, tokenizer)
+            assert view.rows[0] == encode_text(tokenizer, text), (tokenizer.name_or_path, text)
+            widest = max(widest, len(text) - before)
+        assert widest < 40  # about a word and its neighbours, never the whole text
