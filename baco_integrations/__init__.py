@@ -7,6 +7,8 @@ wrote (its dispatcher ``render`` is not re-exported here, so that the name
 offline pair (docs/offline-pair.md).
 """
 
+from typing import TYPE_CHECKING
+
 from .config import (
     DEFAULT_BASE_TEMPLATE,
     ROUTER_NAMES,
@@ -17,7 +19,6 @@ from .constraints import Constraint
 from .decoding.scheduler import EngineOverloaded
 from .engine import BacoEngine, DecodeStats, DecodingCancelled
 from .limits import EngineLimits
-from .offline import load_offline_engine
 from .outputs import BacoChunk, BacoOutput
 from .render import (
     Span,
@@ -55,3 +56,17 @@ __all__ = [
 ]
 
 __version__ = "0.1.0"
+
+
+if TYPE_CHECKING:
+    from .offline import load_offline_engine as load_offline_engine
+
+
+def __getattr__(name: str) -> object:
+    # Imported on first use: ``python -m baco_integrations.offline`` runs that module as
+    # __main__, and it must not already be in sys.modules through the package.
+    if name == "load_offline_engine":
+        from .offline import load_offline_engine
+
+        return load_offline_engine
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -37,8 +37,7 @@ from .loading import load_causal_lm
 from .outputs import BacoChunk, BacoOutput
 from .prompts import (
     Prompt,
-    aligned_ids,
-    base_ids,
+    RenderedPrompts,
     check_rendered,
     check_text,
     is_conversation,
@@ -161,11 +160,13 @@ class BacoEngine:
             max_live_rows=self.limits.max_live_rows,
             max_prefill_tokens=self.limits.max_prefill_tokens,
             max_waiting=self.limits.max_waiting,
+            admission_wait_steps=self.limits.admission_wait_steps,
         )
         #: Work done by the most recent call that finished.
         self.last_stats = DecodeStats()
         self._calibration: Calibration | None = None
         self._calibration_lock = threading.Lock()
+        self._rendered = RenderedPrompts(self.base_tokenizer, self.aligned_tokenizer)
 
     @classmethod
     def from_runners(
@@ -362,12 +363,8 @@ class BacoEngine:
         )
         (single,) = normalize_prompts([prompt])
         self.limits.check_call([single], settings)
-        return {
-            "base": base_ids(self.base_tokenizer, single, settings.base_template),
-            "aligned": aligned_ids(
-                self.aligned_tokenizer, single, settings.system_prompt, settings.base_template
-            ),
-        }
+        base, aligned = self._rendered.ids(single, settings.system_prompt, settings.base_template)
+        return {"base": base, "aligned": aligned}
 
     def token_ids(self, text: str) -> list[int]:
         """``text``'s ids under the aligned tokenizer (no special tokens). The text is checked
@@ -510,15 +507,10 @@ class BacoEngine:
                 "model's distribution at the same position, which needs one tokenizer; this "
                 "pair's tokenizers differ (allowed: guard=0 for a cross-family pair)"
             )
-        prompt_ids = (
-            [
-                aligned_ids(
-                    self.aligned_tokenizer, p, settings.system_prompt, settings.base_template
-                )
-                for p in batch
-            ],
-            [base_ids(self.base_tokenizer, p, settings.base_template) for p in batch],
-        )
+        rendered = [
+            self._rendered.ids(p, settings.system_prompt, settings.base_template) for p in batch
+        ]
+        prompt_ids = ([r[1] for r in rendered], [r[0] for r in rendered])
         check_rendered(prompt_ids[BASE], prompt_ids[ALIGNED])
         request = Request(
             settings=settings,
