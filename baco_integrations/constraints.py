@@ -51,7 +51,9 @@ class Constraint(BaseModel):
     * ``json_schema``: a JSON schema (a dict; :meth:`from_schema` also takes a pydantic model);
     * ``json_object``: any JSON object;
     * ``regex``: a regular expression the whole output matches (Rust ``regex`` syntax);
-    * ``choices``: one of these strings, exactly.
+    * ``choices``: one of these strings, exactly;
+    * ``lark``: a grammar in llguidance's Lark dialect (``%json {...}`` embeds a JSON schema;
+      tool calling builds "free text, or a call to one of these tools" with it).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -60,6 +62,7 @@ class Constraint(BaseModel):
     json_object: bool = False
     regex: str | None = None
     choices: tuple[str, ...] | None = None
+    lark: str | None = None
 
     @classmethod
     def from_schema(cls, schema: type[BaseModel] | Mapping[str, Any]) -> Constraint:
@@ -90,12 +93,13 @@ class Constraint(BaseModel):
                 ("json_object", self.json_object or None),
                 ("regex", self.regex),
                 ("choices", self.choices),
+                ("lark", self.lark),
             )
             if value is not None
         ]
         if len(given) != 1:
             raise ValueError(
-                "constraint needs exactly one of json_schema, json_object, regex, choices; "
+                "constraint needs exactly one of json_schema, json_object, regex, choices, lark; "
                 f"got {', '.join(given) or 'none'}"
             )
         if self.choices is not None and not (self.choices and all(self.choices)):
@@ -115,5 +119,7 @@ class Constraint(BaseModel):
             return str(matcher.grammar_from_json_schema({"type": "object"}, defaults=JSON_LAYOUT))
         if self.regex is not None:
             return str(matcher.grammar_from_regex(self.regex))
+        if self.lark is not None:
+            return str(matcher.grammar_from_lark(self.lark))
         assert self.choices is not None
         return str(matcher.grammar_from_lark("start: " + " | ".join(map(json.dumps, self.choices))))

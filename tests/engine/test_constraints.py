@@ -12,7 +12,7 @@ import pytest
 from pydantic import BaseModel, Field, ValidationError
 
 from baco_integrations import BacoEngine, GenerationSettings
-from baco_integrations.constraints import Constraint
+from baco_integrations.constraints import JSON_LAYOUT, Constraint
 
 PROMPTS = ["Ideas for a coffee shop", "Names for a cat", "A plan for the weekend", "Why?"]
 
@@ -143,3 +143,22 @@ def test_a_pydantic_model_class_is_its_schema() -> None:
     settings = GenerationSettings(constraint=Idea)
     assert settings.constraint == Constraint.from_schema(Idea)
     assert settings.constraint.json_schema == Idea.model_json_schema()
+
+
+def test_a_lark_grammar_constrains_every_sample(engine: BacoEngine) -> None:
+    """``lark``: llguidance's Lark dialect, with a JSON schema embedded by ``%json``."""
+    schema = {
+        "type": "object",
+        "properties": {"a": {"type": "integer", "maximum": 99}},
+        "required": ["a"],
+        "x-guidance": JSON_LAYOUT,
+    }
+    constraint = Constraint(lark=f'start: "none" | %json {json.dumps(schema)}')
+    outs = engine.generate("hi", constraint=constraint, n=6, seed=3, max_new_tokens=40)
+    for out in outs[0]:
+        if out.finish_reason == "stop":
+            assert out.text == "none" or set(json.loads(out.text)) == {"a"}
+    with pytest.raises(ValueError, match="exactly one of .*lark"):
+        Constraint(lark="start: a", regex="a")
+    with pytest.raises(ValueError, match="not a valid lark"):
+        Constraint(lark="start: undefined_rule")
