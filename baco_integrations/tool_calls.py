@@ -1,0 +1,159 @@
+"""Tool calling: what a reply that calls a tool looks like, the grammar that makes every
+sample either free text or a valid call, and the parse back to calls.
+
+Framework-free: the LangChain and LlamaIndex adapters and the server turn their own tool
+objects into :class:`ToolSpec` (OpenAI's function shape) and the parsed :class:`ToolCall`
+into their own messages.
+
+A call is one JSON object, ``{"name": <a tool's name>, "arguments": {...}}``, valid for
+that tool's parameter schema by construction (llguidance, as Ollama, llama.cpp and vLLM give
+small local models tool calling). With ``tool_choice="auto"`` a reply is either free text
+(it does not start with ``{``) or a call (it does); ``"required"`` or a tool's name leaves
+only calls; ``"none"`` only text. The router routes a call's words as any other: where the
+grammar leaves one choice (the braces, ``"name"``, the tool's name, the keys) every model
+writes the same token, so what the base model may write is the argument values and free text
+(docs/agents.md).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from .constraints import JSON_LAYOUT, Constraint, _closed
+
+__all__ = [
+    "TOOL_CHOICES",
+    "ToolCall",
+    "ToolSpec",
+    "call_text",
+    "check_tool_choice",
+    "parse_tool_call",
+    "tool_constraint",
+    "tools_prompt",
+]
+
+#: The ``tool_choice`` words (OpenAI's); a tool's name forces that tool.
+TOOL_CHOICES = ("auto", "none", "required")
+_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+
+
+class ToolSpec(BaseModel):
+    """One tool as the model sees it: OpenAI's function shape."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str = Field(pattern=_NAME.pattern)
+    description: str = ""
+    parameters: dict[str, Any] = Field(default_factory=lambda: {"type": "object", "properties": {}})
+
+    @classmethod
+    def from_openai(cls, tool: Mapping[str, Any]) -> ToolSpec:
+        """From ``{"type": "function", "function": {...}}`` or a bare function dict."""
+        function = tool.get("function", tool) if tool.get("type") == "function" else tool
+        if not isinstance(function, Mapping) or "name" not in function:
+            raise ValueError(
+                "a tool must be an OpenAI function ({'type': 'function', 'function': {'name', "
+                f"'description', 'parameters'}}), got {dict(tool)!r:.200}"
+            )
+        return cls(
+            name=function["name"],
+            description=function.get("description") or "",
+            parameters=dict(function.get("parameters") or {"type": "object", "properties": {}}),
+        )
+
+
+@dataclass
+class ToolCall:
+    """A parsed call: the tool's name, its arguments and an id for the tool's reply."""
+
+    name: str
+    arguments: dict[str, Any]
+    id: str = field(default_factory=lambda: f"call_{uuid.uuid4().hex[:24]}")
+
+
+def check_tool_choice(choice: object, tools: Sequence[ToolSpec]) -> str:
+    """``choice`` as a word or a tool's name; anything else is a ``ValueError`` naming
+    ``tool_choice``. OpenAI's ``{"type": "function", "function": {"name": ...}}``, LangChain's
+    ``True``/``"any"`` (= required) are accepted."""
+    if choice is None:
+        return "auto"
+    if choice is True or choice == "any":
+        return "required"
+    if isinstance(choice, Mapping):
+        choice = (choice.get("function") or {}).get("name", choice.get("name"))
+    names = [tool.name for tool in tools]
+    if isinstance(choice, str) and (choice in TOOL_CHOICES or choice in names):
+        if choice == "required" and not tools:
+            raise ValueError("tool_choice='required' needs at least one tool")
+        return choice
+    allowed = ", ".join([*TOOL_CHOICES, *names])
+    raise ValueError(f"tool_choice={choice!r} is not allowed: use one of {allowed}")
+
+
+def _call_schema(tools: Sequence[ToolSpec]) -> dict[str, Any]:
+    calls = [
+        {
+            "type": "object",
+            "properties": {"name": {"const": tool.name}, "arguments": _closed(tool.parameters)},
+            "required": ["name", "arguments"],
+            "additionalProperties": False,
+        }
+        for tool in tools
+    ]
+    schema = calls[0] if len(calls) == 1 else {"anyOf": calls}
+    return {**schema, "x-guidance": JSON_LAYOUT}
+
+
+def tool_constraint(tools: Sequence[ToolSpec], choice: str) -> Constraint | None:
+    """What every sample must match for ``choice`` (see the module's docstring)."""
+    if not tools or choice == "none":
+        return None
+    if choice == "auto":
+        schema = json.dumps(_call_schema(tools))
+        return Constraint(lark=f"start: text | call\ntext: /[^{{][\\s\\S]*/\ncall: %json {schema}")
+    chosen = [tool for tool in tools if choice == "required" or tool.name == choice]
+    return Constraint(json_schema=_call_schema(chosen))
+
+
+def tools_prompt(tools: Sequence[ToolSpec], choice: str) -> str:
+    """The instructions a system prompt carries: the tools, and how to call one."""
+    if not tools or choice == "none":
+        return ""
+    listed = "\n".join(
+        json.dumps({"name": t.name, "description": t.description, "parameters": t.parameters})
+        for t in tools
+    )
+    how = (
+        'To call a tool, reply with only a JSON object {"name": <tool name>, "arguments": '
+        "{...}}; otherwise answer in plain text."
+        if choice == "auto"
+        else 'Reply with only a JSON object {"name": <tool name>, "arguments": {...}}.'
+    )
+    return f"You can use these tools:\n{listed}\n{how}"
+
+
+def parse_tool_call(text: str, tools: Sequence[ToolSpec]) -> ToolCall | None:
+    """The call a reply holds (it starts with ``{`` and names one of ``tools``), else None."""
+    if not text.startswith("{"):
+        return None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        return None  # cut by the token budget: not a call
+    names = {tool.name for tool in tools}
+    if not isinstance(value, dict) or value.get("name") not in names:
+        return None
+    arguments = value.get("arguments")
+    return ToolCall(value["name"], arguments if isinstance(arguments, dict) else {})
+
+
+def call_text(name: str, arguments: Mapping[str, Any]) -> str:
+    """How an earlier call appears in the conversation the models read: as they wrote it."""
+    return json.dumps({"name": name, "arguments": dict(arguments)}, ensure_ascii=False)
