@@ -34,6 +34,8 @@ __all__ = [
     "ToolSpec",
     "call_text",
     "check_tool_choice",
+    "result_text",
+    "with_tools_prompt",
     "parse_tool_call",
     "tool_constraint",
     "tools_prompt",
@@ -157,3 +159,23 @@ def parse_tool_call(text: str, tools: Sequence[ToolSpec]) -> ToolCall | None:
 def call_text(name: str, arguments: Mapping[str, Any]) -> str:
     """How an earlier call appears in the conversation the models read: as they wrote it."""
     return json.dumps({"name": name, "arguments": dict(arguments)}, ensure_ascii=False)
+
+
+def result_text(name: str | None, content: str) -> str:
+    """How a tool's reply appears in the conversation: a user turn (chat templates that know
+    no ``tool`` role, Gemma's among them, refuse one), saying which tool answered."""
+    return f"Result of {name or 'the tool'}: {content}"
+
+
+def with_tools_prompt(
+    conversation: list[dict[str, str]], tools: Sequence[ToolSpec], choice: str
+) -> list[dict[str, str]]:
+    """``conversation`` with :func:`tools_prompt` at the end of its system message (one is
+    added in front when there is none)."""
+    prompt = tools_prompt(tools, choice)
+    if not prompt:
+        return conversation
+    if conversation and conversation[0]["role"] == "system":
+        first = {"role": "system", "content": f"{conversation[0]['content']}\n\n{prompt}"}
+        return [first, *conversation[1:]]
+    return [{"role": "system", "content": prompt}, *conversation]

@@ -15,8 +15,10 @@ from baco_integrations.tool_calls import (
     call_text,
     check_tool_choice,
     parse_tool_call,
+    result_text,
     tool_constraint,
     tools_prompt,
+    with_tools_prompt,
 )
 
 WEATHER = ToolSpec(
@@ -99,3 +101,15 @@ def test_choices_prompts_and_round_trips() -> None:
     with pytest.raises(ValueError, match="OpenAI function"):
         ToolSpec.from_openai({"type": "function"})
     assert json.loads(call_text("add", {"a": 1}))["arguments"] == {"a": 1}
+
+
+def test_the_conversation_carries_the_tools() -> None:
+    user = [{"role": "user", "content": "Weather in Oslo?"}]
+    (system, first) = with_tools_prompt(user, TOOLS, "auto")
+    assert system["role"] == "system" and "get_weather" in system["content"]
+    assert first == user[0]
+    sys_first = [{"role": "system", "content": "Be brief."}, *user]
+    merged = with_tools_prompt(sys_first, TOOLS, "required")
+    assert merged[0]["content"].startswith("Be brief.\n\nYou can use these tools")
+    assert with_tools_prompt(user, TOOLS, "none") == user
+    assert result_text("get_weather", "sunny") == "Result of get_weather: sunny"
