@@ -5,7 +5,7 @@ from __future__ import annotations
 import builtins
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import aclosing, closing
-from typing import Any, Literal, NoReturn
+from typing import Any, Literal
 
 from langchain_core.callbacks import (
     AsyncCallbackManagerForLLMRun,
@@ -31,8 +31,16 @@ from .._adapter import PROVIDER, check_streamable, mean_logprobs, openai_logprob
 from ..config import GenerationSettings
 from ..conversation import ROLE_ALIASES, Role, canonical_role, merge_turns
 from ..outputs import BacoChunk, BacoOutput, Usage
-from ._common import STRUCTURED_OUTPUT_ADVICE, BacoSettingsMixin
+from ._common import BacoSettingsMixin
 from .structured import constraint_for, structured_output
+from .tool_calling import (
+    BoundTools,
+    call_names,
+    openai_tools,
+    tool_call_chunk_fields,
+    tool_call_message_fields,
+    tool_turn,
+)
 
 #: Keyword arguments LangChain itself interprets (``invoke(..., stream=True)``) and forwards.
 _LANGCHAIN_KWARGS = frozenset({"stream"})
@@ -58,25 +66,25 @@ def _text_content(message: BaseMessage) -> str:
 
 
 def _role(message: BaseMessage) -> Role:
-    """The engine role of ``message``; tool messages, tool calls and unknown roles raise."""
+    """The engine role of ``message`` (tool calls and tool messages are read by
+    :func:`~.tool_calling.tool_turn` first); invalid tool calls and unknown roles raise."""
     if isinstance(message, SystemMessage):
         return "system"
     if isinstance(message, HumanMessage):
         return "user"
     if isinstance(message, AIMessage):
-        if message.tool_calls or message.invalid_tool_calls:
+        if message.invalid_tool_calls:
             raise ValueError(
-                "ChatBaco does not support tool calling: an AIMessage in the input carries "
-                "tool calls"
+                "an AIMessage in the input carries invalid tool calls; ChatBaco reads the "
+                "valid ones (tool_calls) only"
             )
         return "assistant"
     role = canonical_role(message.role) if isinstance(message, ChatMessage) else None
     if role is None:
-        why = " (tool calling is not supported)" if message.type in {"tool", "function"} else ""
         raise ValueError(
-            f"ChatBaco does not support {type(message).__name__} messages{why}; use "
-            "SystemMessage, HumanMessage and AIMessage, or a ChatMessage with one of the roles "
-            f"{', '.join(sorted(ROLE_ALIASES))}"
+            f"ChatBaco does not support {type(message).__name__} messages; use "
+            "SystemMessage, HumanMessage, AIMessage and ToolMessage, or a ChatMessage with one "
+            f"of the roles {', '.join(sorted(ROLE_ALIASES))}"
         )
     return role
 
@@ -84,11 +92,17 @@ def _role(message: BaseMessage) -> Role:
 def to_conversation(messages: Sequence[BaseMessage]) -> list[dict[str, str]]:
     """LangChain messages as the engine's ``{"role", "content"}`` conversation.
 
-    System, human and AI messages map to ``system``, ``user`` and ``assistant``; consecutive
-    messages of one role are joined (:func:`~baco_integrations.conversation.merge_turns`).
-    Tool messages and tool calls are rejected: ChatBaco does not support tool calling.
+    System, human and AI messages map to ``system``, ``user`` and ``assistant``; an AI
+    message's tool calls are the JSON the models wrote for them, and a tool's reply is a user
+    turn naming the tool (:mod:`~.tool_calling`). Consecutive messages of one role are joined
+    (:func:`~baco_integrations.conversation.merge_turns`).
     """
-    return merge_turns((_role(message), _text_content(message)) for message in messages)
+    names = call_names(messages)
+    turns: list[tuple[Role, str]] = []
+    for message in messages:
+        turn = tool_turn(message, names)
+        turns.append(turn or (_role(message), _text_content(message)))  # type: ignore[arg-type]
+    return merge_turns(turns)
 
 
 def usage_metadata(usage: Usage) -> UsageMetadata:
@@ -125,7 +139,13 @@ class ChatBaco(BacoSettingsMixin, BaseChatModel):
 
     Structured output (:meth:`with_structured_output`) decodes every sample under the schema
     (``method="json_schema"``) or as a JSON object (``"json_mode"``); any call also takes
-    ``constraint=``. Tool calling is not supported.
+    ``constraint=``.
+
+    Tool calling: ``chat.bind_tools(tools, tool_choice=...)`` decodes every reply under a
+    grammar of "free text, or a call to one of these tools with valid arguments"
+    (``tool_choice="auto"``), only calls (``"required"``/``"any"``/a tool's name) or text
+    (``"none"``); a call comes back as ``AIMessage.tool_calls`` (streamed: one chunk with
+    ``tool_call_chunks`` once the call is complete). One call per reply (docs/agents.md).
     """
 
     model_config = ConfigDict(
@@ -155,18 +175,28 @@ class ChatBaco(BacoSettingsMixin, BaseChatModel):
     def get_num_tokens_from_messages(
         self, messages: list[BaseMessage], tools: Sequence[Any] | None = None
     ) -> int:
-        """Tokens of the aligned model's prompt for ``messages`` (chat template included)."""
-        if tools:
-            raise ValueError("ChatBaco does not support tools")
-        return self._prompt_tokens(to_conversation(messages), self.generation_settings)
+        """Tokens of the aligned model's prompt for ``messages`` (chat template included,
+        and the tools' instructions when ``tools`` are given)."""
+        conversation = to_conversation(messages)
+        bound = BoundTools.pop({"tools": openai_tools(tools)} if tools else {})
+        if bound is not None:
+            conversation = bound.conversation(conversation)
+        return self._prompt_tokens(conversation, self.generation_settings)
 
-    def bind_tools(self, tools: Sequence[Any], **kwargs: Any) -> NoReturn:
-        """Not supported: raises ``NotImplementedError`` saying what to do instead."""
-        raise NotImplementedError(
-            "ChatBaco does not support tool calling (bind_tools): its replies never hold tool "
-            "calls. To use BACO in an agent, wrap it in a tool that a tool-calling model calls "
-            "(see examples/langchain_agent_tool.py). " + STRUCTURED_OUTPUT_ADVICE
-        )
+    def bind_tools(
+        self,
+        tools: Sequence[Any],
+        *,
+        tool_choice: str | bool | builtins.dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> Runnable[LanguageModelInput, AIMessage]:
+        """This model with ``tools`` bound (any tool LangChain converts to OpenAI's shape:
+        a ``BaseTool``, a pydantic class, a function, a dict). ``tool_choice``: ``"auto"``
+        (default: text or a call), ``"none"``, ``"required"``/``"any"``/``True`` (a call),
+        or a tool's name (a call to it). ``kwargs`` are settings bound with them."""
+        formatted = openai_tools(tools)
+        BoundTools.pop({"tools": formatted, "tool_choice": tool_choice})  # check it now
+        return self.bind(tools=formatted, tool_choice=tool_choice, **kwargs)
 
     def with_structured_output(  # type: ignore[override]
         self,
@@ -251,6 +281,18 @@ class ChatBaco(BacoSettingsMixin, BaseChatModel):
         kwargs = {k: v for k, v in kwargs.items() if k not in _LANGCHAIN_KWARGS}
         return self._call_settings(stop, kwargs)
 
+    def _call(
+        self, messages: list[BaseMessage], stop: list[str] | None, kwargs: dict[str, Any]
+    ) -> tuple[list[builtins.dict[str, str]], GenerationSettings, BoundTools | None]:
+        """A call's conversation and settings, with its bound tools (their instructions in
+        the system message, their grammar as the constraint)."""
+        kwargs = dict(kwargs)
+        tools = BoundTools.pop(kwargs)
+        settings, conversation = self._settings(stop, kwargs), to_conversation(messages)
+        if tools is None:
+            return conversation, settings, None
+        return tools.conversation(conversation), tools.settings(settings), tools
+
     def _generate(
         self,
         messages: list[BaseMessage],
@@ -258,9 +300,8 @@ class ChatBaco(BacoSettingsMixin, BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        settings = self._settings(stop, kwargs)
-        conversation = to_conversation(messages)
-        return self._result(self.engine.generate([conversation], settings=settings)[0])
+        conversation, settings, tools = self._call(messages, stop, kwargs)
+        return self._result(self.engine.generate([conversation], settings=settings)[0], tools)
 
     async def _agenerate(
         self,
@@ -269,12 +310,11 @@ class ChatBaco(BacoSettingsMixin, BaseChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        settings = self._settings(stop, kwargs)  # fail fast, on the loop
-        conversation = to_conversation(messages)
+        conversation, settings, tools = self._call(messages, stop, kwargs)  # fail fast
         # The engine's own async call: no thread, and cancelling this task takes the call's
         # rows out of the engine's batch at once.
         outputs = await self.engine.agenerate([conversation], settings=settings)
-        return self._result(outputs[0])
+        return self._result(outputs[0], tools)
 
     def _stream(
         self,
@@ -283,11 +323,15 @@ class ChatBaco(BacoSettingsMixin, BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
-        chunks = self._engine_stream(messages, self._settings(stop, kwargs))
+        conversation, settings, tools = self._call(messages, stop, kwargs)
+        check_streamable(settings)
+        chunks = self.engine.stream(conversation, settings=settings)
+        calls = _CallBuffer(tools)
         # Closing the engine's iterator (also when our consumer stops early) stops decoding.
         with closing(chunks):  # type: ignore[type-var]
             for chunk in chunks:
-                generation = self._chunk(chunk)
+                if (generation := calls.push(self._chunk(chunk), chunk)) is None:
+                    continue
                 if run_manager:
                     run_manager.on_llm_new_token(generation.text, chunk=generation)
                 yield generation
@@ -299,14 +343,16 @@ class ChatBaco(BacoSettingsMixin, BaseChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
-        settings = self._settings(stop, kwargs)
+        conversation, settings, tools = self._call(messages, stop, kwargs)
         check_streamable(settings)
-        chunks = self.engine.astream(to_conversation(messages), settings=settings)
+        chunks = self.engine.astream(conversation, settings=settings)
+        calls = _CallBuffer(tools)
         # Closing the engine's stream now, not when it is garbage-collected, takes the call
         # out of the engine's batch as soon as our consumer stops.
         async with aclosing(chunks):  # type: ignore[type-var]
             async for chunk in chunks:
-                generation = self._chunk(chunk)
+                if (generation := calls.push(self._chunk(chunk), chunk)) is None:
+                    continue
                 if run_manager:
                     await run_manager.on_llm_new_token(generation.text, chunk=generation)
                 yield generation
@@ -319,14 +365,6 @@ class ChatBaco(BacoSettingsMixin, BaseChatModel):
         return {"token_usage": sum(usages, Usage()).as_dict(), "model_name": self.model_name}
 
     # ----------------------------------------------------------------- helpers
-
-    def _engine_stream(
-        self, messages: list[BaseMessage], settings: GenerationSettings
-    ) -> Iterator[BacoChunk]:
-        """The engine's stream of the conversation, validated now; closing it takes the call
-        out of the engine's batch."""
-        check_streamable(settings)
-        return self.engine.stream(to_conversation(messages), settings=settings)
 
     def _metadata(self) -> dict[str, Any]:
         names = self.model_names
@@ -347,8 +385,9 @@ class ChatBaco(BacoSettingsMixin, BaseChatModel):
             **mean_logprobs(output),
         }
 
-    def _result(self, samples: list[BacoOutput]) -> ChatResult:
-        """One conversation's ``n`` samples as a ChatResult (one engine call)."""
+    def _result(self, samples: list[BacoOutput], tools: BoundTools | None = None) -> ChatResult:
+        """One conversation's ``n`` samples as a ChatResult (one engine call); a sample that
+        is a call to a bound tool is an AIMessage with ``tool_calls``."""
         generations = []
         for output in samples:
             metadata = {
@@ -358,8 +397,12 @@ class ChatBaco(BacoSettingsMixin, BaseChatModel):
             }
             if output.logprobs is not None:
                 metadata["logprobs"] = openai_logprobs(output.logprobs)
+            content: dict[str, Any] = {"content": output.text}
+            if tools is not None and (call := tools.call(output.text)) is not None:
+                content = tool_call_message_fields(call)
+                metadata["finish_reason"] = "tool_calls"
             message = AIMessage(
-                content=output.text,
+                **content,
                 usage_metadata=usage_metadata(Usage.of([output])),
                 response_metadata=metadata,
             )
@@ -398,3 +441,40 @@ class ChatBaco(BacoSettingsMixin, BaseChatModel):
             chunk_position="last",
         )
         return ChatGenerationChunk(message=message)
+
+
+class _CallBuffer:
+    """A stream's chunks, held back while they may be a tool call: a reply that starts with
+    ``{`` under bound tools comes out as one chunk with ``tool_call_chunks`` at its end (or as
+    its text, if the token budget cut the call short)."""
+
+    def __init__(self, tools: BoundTools | None) -> None:
+        self.tools = tools
+        self.held: ChatGenerationChunk | None = None
+        self.started = False
+
+    def push(self, generation: ChatGenerationChunk, chunk: BacoChunk) -> ChatGenerationChunk | None:
+        """What to yield for ``generation`` now (None: held back)."""
+        if self.tools is None or (self.started and self.held is None):
+            return generation
+        if not self.started and chunk.text:
+            self.started = True
+            if not chunk.text.startswith("{"):
+                return generation
+        self.held = generation if self.held is None else self.held + generation
+        if chunk.output is None:
+            return None
+        held, self.held = self.held, None
+        call = self.tools.call(chunk.output.text)
+        if call is None:
+            return held
+        message = held.message
+        metadata = {**message.response_metadata, "finish_reason": "tool_calls"}
+        return ChatGenerationChunk(
+            message=AIMessageChunk(
+                **tool_call_chunk_fields(call),
+                response_metadata=metadata,
+                usage_metadata=getattr(message, "usage_metadata", None),
+                chunk_position="last",
+            )
+        )

@@ -18,7 +18,6 @@ from langchain_core.messages import (
 )
 from langchain_core.output_parsers import StrOutputParser
 from langchain_core.prompts import ChatPromptTemplate
-from langchain_core.tools import tool
 from pydantic import ValidationError
 
 from baco_integrations import BacoEngine
@@ -59,9 +58,11 @@ def test_messages_map_to_roles() -> None:
 @pytest.mark.parametrize(
     ("message", "match"),
     [
-        (ToolMessage("3", tool_call_id="1"), "tool calling"),
-        (FunctionMessage("3", name="f"), "tool calling"),
-        (AIMessage("", tool_calls=[{"name": "f", "args": {}, "id": "1"}]), "tool calls"),
+        (FunctionMessage("3", name="f"), "FunctionMessage messages"),
+        (
+            AIMessage("", invalid_tool_calls=[{"name": "f", "args": "{", "id": "1"}]),
+            "invalid tool calls",
+        ),
         (ChatMessage(role="narrator", content="x"), "ChatMessage"),
         (
             HumanMessage([{"type": "image", "url": "https://example.com/a.png"}]),
@@ -74,25 +75,23 @@ def test_unsupported_messages_are_rejected(message: Any, match: str) -> None:
         to_conversation([HumanMessage("hi"), message])
 
 
-def test_no_tools_and_where_structured_output_is(chat: ChatBaco) -> None:
-    @tool
-    def add(a: int, b: int) -> int:
-        """Add two integers."""
-        return a + b
-
-    # Each refusal says what BACO offers instead (tests/langchain/test_structured.py has the
-    # structured output itself).
-    with pytest.raises(
-        NotImplementedError, match=r"tool calling.*langchain_agent_tool\.py.*with_structured_output"
-    ):
-        chat.bind_tools([add])
+def test_bacollm_says_where_structured_output_is(chat: ChatBaco) -> None:
     llm = BacoLLM(engine=chat.engine)
     with pytest.raises(
         NotImplementedError, match="BacoLLM is a text-completion model.*constraint="
     ):
         llm.with_structured_output({"type": "object", "properties": {}})
-    with pytest.raises(ValueError, match="tool"):
-        chat.invoke([HumanMessage("hi"), ToolMessage("3", tool_call_id="1")])
+
+
+def test_tool_calls_and_results_are_turns_the_models_read() -> None:
+    call = {"name": "add", "args": {"a": 1}, "id": "c1"}
+    conversation = to_conversation(
+        [HumanMessage("hi"), AIMessage("", tool_calls=[call]), ToolMessage("3", tool_call_id="c1")]
+    )
+    assert conversation[1:] == [
+        {"role": "assistant", "content": '{"name": "add", "arguments": {"a": 1}}'},
+        {"role": "user", "content": "Result of add: 3"},
+    ]
 
 
 # ------------------------------------------------------------------------ outputs
