@@ -33,15 +33,16 @@ class _BacoStandardParams:
         # Short outputs keep the suites fast on the tiny models.
         return {"engine": self._engine, "max_new_tokens": 8, "seed": 0}
 
-    # Declared honestly: BACO has no tool calling and reads no images, audio or PDFs. It has
-    # structured output (json_schema: decoding under the schema; and json_mode).
+    # Declared honestly: BACO calls tools (bind_tools, under the tools' grammar) and reads
+    # no images, audio or PDFs. It has structured output (json_schema: decoding under the
+    # schema; and json_mode).
     @property
     def has_tool_calling(self) -> bool:
-        return False
+        return True
 
     @property
     def has_tool_choice(self) -> bool:
-        return False
+        return True
 
     @property
     def has_structured_output(self) -> bool:
@@ -122,4 +123,47 @@ class TestChatBacoUnit(_BacoStandardParams, ChatModelUnitTests):
 
 
 class TestChatBacoIntegration(_BacoStandardParams, ChatModelIntegrationTests):
-    pass
+    @pytest.fixture
+    def model(self, request: Any) -> BaseChatModel:
+        # A tool call is JSON a random tiny model writes under the tools' grammar: like
+        # structured output it needs more than the suite's 8 tokens (the context window left
+        # after the tools' instructions bounds it anyway).
+        extra = getattr(request, "param", None) or {}
+        params = {**self.standard_chat_model_params, **self.chat_model_params, **extra}
+        if "tool" in request.node.name or "agent_loop" in request.node.name:
+            params["max_new_tokens"] = 480
+        return self.chat_model_class(**params)
+
+    # These check what a model understands, which a random tiny model does not: the call is
+    # valid (the grammar sees to it) but its argument is not the 3 the prompt asks for, the
+    # agent's final answer does not name the tool's result, and the unicode tool's unbounded
+    # string is not closed within the context window left after the tools' instructions.
+    # Tool choice, calls without arguments, runnables as tools and tool-message histories
+    # pass; tests/langchain/test_tool_calling.py checks validity over 50 seeds.
+    _RANDOM_MODEL = pytest.mark.xfail(
+        reason="a random tiny model does not follow the prompt (see the comment above)",
+        raises=AssertionError,
+        strict=True,
+    )
+
+    _BOTH_OUTPUT_VERSIONS = pytest.mark.parametrize(
+        "model", [{}, {"output_version": "v1"}], indirect=True
+    )
+
+    @_RANDOM_MODEL
+    @_BOTH_OUTPUT_VERSIONS
+    def test_tool_calling(self, model: BaseChatModel) -> None:
+        super().test_tool_calling(model)
+
+    @_RANDOM_MODEL
+    async def test_tool_calling_async(self, model: BaseChatModel) -> None:
+        await super().test_tool_calling_async(model)
+
+    @_RANDOM_MODEL
+    @_BOTH_OUTPUT_VERSIONS
+    def test_agent_loop(self, model: BaseChatModel) -> None:
+        super().test_agent_loop(model)
+
+    @_RANDOM_MODEL
+    def test_unicode_tool_call_integration(self, model: BaseChatModel) -> None:
+        super().test_unicode_tool_call_integration(model)
