@@ -162,20 +162,30 @@ def _with_raw(parser: Runnable[Any, Any]) -> Runnable[Any, Any]:
     return parse.with_fallbacks([failed], exception_key="parsing_error")
 
 
-def _all_samples(model: BaseChatModel, kwargs: dict[str, Any]) -> Runnable[Any, list[AIMessage]]:
-    """A runnable that returns every one of the ``n`` replies (``invoke`` keeps the first)."""
-    # stream=False: streaming=True streams single samples only; n replies are one call.
-    kwargs = {**kwargs, "stream": False}
+def _all_samples(model: BaseChatModel, bound: dict[str, Any]) -> Runnable[Any, list[AIMessage]]:
+    """A runnable that returns every one of the ``n`` replies (``invoke`` keeps the first).
 
-    def samples(input: LanguageModelInput, config: RunnableConfig) -> list[AIMessage]:
+    ``bound`` are the runnable's settings; the keyword arguments of a call (``invoke(prompt,
+    seed=11)``, ``batch``, ``ainvoke``, ``stream``: LangChain hands them to a sequence's first
+    step) override them, as they do on ``model.bind(**bound)``."""
+
+    def call(kwargs: dict[str, Any]) -> dict[str, Any]:
+        # stream=False: streaming=True streams single samples only; n replies are one call.
+        return {**bound, **kwargs, "stream": False}
+
+    def samples(
+        input: LanguageModelInput, config: RunnableConfig, **kwargs: Any
+    ) -> list[AIMessage]:
         result = model.generate_prompt(
-            [model._convert_input(input)], callbacks=config.get("callbacks"), **kwargs
+            [model._convert_input(input)], callbacks=config.get("callbacks"), **call(kwargs)
         )
         return [_message(generation) for generation in result.generations[0]]
 
-    async def asamples(input: LanguageModelInput, config: RunnableConfig) -> list[AIMessage]:
+    async def asamples(
+        input: LanguageModelInput, config: RunnableConfig, **kwargs: Any
+    ) -> list[AIMessage]:
         result = await model.agenerate_prompt(
-            [model._convert_input(input)], callbacks=config.get("callbacks"), **kwargs
+            [model._convert_input(input)], callbacks=config.get("callbacks"), **call(kwargs)
         )
         return [_message(generation) for generation in result.generations[0]]
 
@@ -217,5 +227,7 @@ def structured_output(
         return _all_samples(model, bound) | per_sample.map()
     llm = model.bind(**bound)
     if include_raw:
-        return RunnableMap(raw=llm) | _with_raw(parser)
+        # Not LangChain's RunnableMap(raw=llm): a map drops the keyword arguments of a call,
+        # and a sequence hands them to its first step, the model (invoke(prompt, seed=11)).
+        return llm | RunnableMap(raw=RunnablePassthrough()) | _with_raw(parser)
     return llm | parser
