@@ -1,20 +1,34 @@
-"""The HTTP server under load, against the same prompts in one in-process batch.
+"""The HTTP server under load, against the same prompts in one in-process batched call.
 
 A bounded run on 127.0.0.1: the server runs in a child process (as ``baco serve`` would), and
-``--clients`` concurrent streaming clients (httpx, asyncio) send ``--requests`` chat requests
-in all, each its own prompt, then the run stops. It reports:
+for each ``--clients`` count that many streaming clients (httpx, asyncio) share the
+``--requests`` chat requests, each its own prompt, then the run stops. The same prompts with the
+same settings also run in this process, on an engine of its own. The modes:
 
-* generated tokens per second through the server against the same prompts with the same
-  settings in-process: in one ``engine.generate`` batch (target: at least 0.8x), in
-  consecutive batches of ``--clients`` prompts (the widest batch the clients can make), and
-  as ``--clients`` concurrent ``engine.astream`` callers (continuous batching, no HTTP);
-* time to first token and end-to-end latency per request, p50 and p99;
-* the error count (target: zero), over every run.
+* one ``engine.generate`` call of all the prompts at once (the baseline: one batch from the
+  start; its time to first token is its first decoding step, when every row gets its first
+  token);
+* consecutive ``engine.generate`` batches as wide as the clients (when there are fewer
+  clients than requests: the widest batch the clients can make the server's);
+* the clients as concurrent ``engine.astream`` callers (continuous batching, no HTTP);
+* the same, staggered: client k starts ``k * --stagger-s`` seconds after the first (the
+  default, 0.25 s, is about one decoding step of the offline pair on CPU), a spacing that does
+  not depend on the engine;
+* the clients streaming through the server, all starting at once;
+* the same, staggered.
 
-Each measurement runs ``--repeats`` times; the run of median throughput is reported.
+It reports generated tokens per second and the ratio to the batched call (target on CPU, with
+as many requests as clients: at least 0.9x through the server), time to first token p50 and
+p99 and its ratio to the batched call's (target: p50 under 2x), end-to-end latency per
+request, the engine's decoding steps per mode (the server's from ``baco_engine_steps`` at
+``/metrics``), prefill rounds and each model's forward passes per in-process mode (the server
+does not publish those), and the error count (target: zero), over every run.
+
+Each mode runs ``--repeats`` times, the modes interleaved per repeat (a slow spell of the
+machine hits them all); the run of median throughput is reported.
 
     python benchmarks/bench_server.py                        # ~30M-parameter local pair, CPU
-    python benchmarks/bench_server.py --offline              # the offline real pair
+    python benchmarks/bench_server.py --offline --clients 8 32 --requests 8 32
     python benchmarks/bench_server.py --base ID --aligned ID --device cuda
     python benchmarks/bench_server.py --ray --replicas 2     # on Ray Serve (docs/scaling.md)
 """
@@ -29,6 +43,8 @@ import socket
 import statistics
 import tempfile
 import time
+from collections import deque
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,8 +55,13 @@ import torch
 from baco_integrations import BacoEngine
 
 MODEL = "bench"
-#: BACO settings of every request (and of the in-process batch).
+#: BACO settings of every request (and of the in-process calls).
 SETTINGS: dict[str, Any] = {"router": "P-PUNC", "gamma": 0.5, "temperature": 1.0, "seed": 0}
+#: The default spacing of staggered clients: about one decoding step of the offline pair on
+#: CPU.
+STAGGER_S = 0.25
+#: The label of the baseline mode.
+BATCHED = "one batched call"
 
 
 def prompts(count: int) -> list[str]:
@@ -50,6 +71,41 @@ def prompts(count: int) -> list[str]:
 def load(args: argparse.Namespace) -> BacoEngine:
     torch.set_num_threads(args.threads)
     return BacoEngine.from_pretrained(args.base, args.aligned, device=args.device, dtype=args.dtype)
+
+
+@dataclass
+class Run:
+    """One mode's measurement: tokens, seconds, each request's time to first token and
+    end-to-end latency, errors, and the engine's work (steps; in-process also prefill rounds
+    and each model's forward passes)."""
+
+    tokens: int = 0
+    seconds: float = 0.0
+    ttft: list[float] = field(default_factory=list)
+    latency: list[float] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    work: dict[str, int | None] = field(default_factory=dict)
+
+
+#: Sends one request and adds what it got to a run.
+Send = Callable[[str, Run], Awaitable[None]]
+
+
+async def clients(send: Send, batch: list[str], count: int, stagger_s: float, run: Run) -> None:
+    """``count`` clients share ``batch``, each sending one request after another; client k
+    starts ``k * stagger_s`` seconds after the first. Sets ``run.seconds`` (from the first
+    request to the last answer)."""
+    queue = deque(batch)
+
+    async def client(k: int) -> None:
+        if k and stagger_s:
+            await asyncio.sleep(k * stagger_s)
+        while queue:
+            await send(queue.popleft(), run)
+
+    start = time.perf_counter()
+    await asyncio.gather(*(client(k) for k in range(count)))
+    run.seconds = time.perf_counter() - start
 
 
 # ----------------------------------------------------------------------------- the server
@@ -106,15 +162,7 @@ def serve_ray(args: argparse.Namespace, ports: Any) -> None:
         stop(started)
 
 
-@dataclass
-class Tally:
-    ttft: list[float] = field(default_factory=list)
-    latency: list[float] = field(default_factory=list)
-    tokens: int = 0
-    errors: list[str] = field(default_factory=list)
-
-
-async def one_request(http: httpx.AsyncClient, prompt: str, max_tokens: int, tally: Tally) -> None:
+async def one_request(http: httpx.AsyncClient, prompt: str, max_tokens: int, run: Run) -> None:
     body = {
         "model": MODEL,
         "messages": [{"role": "user", "content": prompt}],
@@ -129,7 +177,7 @@ async def one_request(http: httpx.AsyncClient, prompt: str, max_tokens: int, tal
     try:
         async with http.stream("POST", "/v1/chat/completions", json=body) as response:
             if response.status_code != 200:
-                tally.errors.append(f"HTTP {response.status_code}: {await response.aread()!r}")
+                run.errors.append(f"HTTP {response.status_code}: {await response.aread()!r}")
                 return
             async for line in response.aiter_lines():
                 if not line.startswith("data: "):
@@ -139,144 +187,249 @@ async def one_request(http: httpx.AsyncClient, prompt: str, max_tokens: int, tal
                     break
                 event = json.loads(line.removeprefix("data: "))
                 if "error" in event:
-                    tally.errors.append(str(event["error"]))
+                    run.errors.append(str(event["error"]))
                     return
                 if first is None and any(c["delta"].get("content") for c in event["choices"]):
                     first = time.perf_counter() - start
                 if event.get("usage"):
-                    tally.tokens += event["usage"]["completion_tokens"]
+                    run.tokens += event["usage"]["completion_tokens"]
     except httpx.HTTPError as exc:
-        tally.errors.append(repr(exc))
+        run.errors.append(repr(exc))
         return
     if not done:
-        tally.errors.append("the stream ended without [DONE]")
+        run.errors.append("the stream ended without [DONE]")
         return
-    tally.latency.append(time.perf_counter() - start)
+    run.latency.append(time.perf_counter() - start)
     if first is not None:
-        tally.ttft.append(first)
+        run.ttft.append(first)
 
 
-async def load_test(port: int, args: argparse.Namespace) -> tuple[Tally, float]:
-    """``args.clients`` clients share ``args.requests`` requests; returns the tally and the
-    wall time from the first request to the last answer."""
-    queue: asyncio.Queue[str] = asyncio.Queue()
-    for prompt in prompts(args.requests):
-        queue.put_nowait(prompt)
-    tally = Tally()
-    limits = httpx.Limits(max_connections=args.clients)
-    timeout = httpx.Timeout(600.0)
-    async with httpx.AsyncClient(
-        base_url=f"http://127.0.0.1:{port}", limits=limits, timeout=timeout
-    ) as http:
-        await one_request(http, "warm up", 4, Tally())
-
-        async def client() -> None:
-            while not queue.empty():
-                await one_request(http, queue.get_nowait(), args.max_tokens, tally)
-
-        start = time.perf_counter()
-        await asyncio.gather(*(client() for _ in range(args.clients)))
-        return tally, time.perf_counter() - start
-
-
-def through_server(args: argparse.Namespace) -> tuple[Tally, float]:
-    context = multiprocessing.get_context("spawn")
-    ports, child_end = context.Pipe(duplex=False)
-    target = serve_ray if args.ray else serve
-    child = context.Process(target=target, args=(args, child_end), name="bench-server")
-    child.start()
-    child_end.close()
+async def engine_steps(http: httpx.AsyncClient) -> int | None:
+    """The server engine's decoding steps so far (``baco_engine_steps`` at ``/metrics``), or
+    None if it cannot be read."""
     try:
-        port = listening_port(ports, child)
-        runs = [asyncio.run(load_test(port, args)) for _ in range(args.repeats)]
-        tally, wall = median_run(runs)
-        tally.errors = [error for run, _ in runs for error in run.errors]  # every run's
-        return tally, wall
-    finally:
-        child.terminate()  # SIGTERM: uvicorn shuts down gracefully
-        child.join(120)
-        if child.is_alive():
-            child.kill()
-            child.join()
-        ports.close()
+        text = (await http.get("/metrics")).text
+    except httpx.HTTPError:
+        return None
+    for line in text.splitlines():
+        if line.startswith("baco_engine_steps "):
+            return int(float(line.split()[1]))
+    return None
 
 
-def listening_port(ports: Any, child: Any) -> int:
-    """The child's port once it serves (an error if it died first)."""
-    while child.is_alive():
-        if ports.poll(1):
-            port = int(ports.recv())
-            break
-    else:
-        raise RuntimeError(f"the server process ended (exit code {child.exitcode})")
-    with httpx.Client(timeout=5) as http:
-        while child.is_alive():
-            try:
-                if http.get(f"http://127.0.0.1:{port}/health").status_code == 200:
-                    return port
-            except httpx.HTTPError:
-                time.sleep(0.1)
-    raise RuntimeError(f"the server process ended (exit code {child.exitcode})")
+class Server:
+    """The server in a child process, and its load tests."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        context = multiprocessing.get_context("spawn")
+        self.ports, child_end = context.Pipe(duplex=False)
+        target = serve_ray if args.ray else serve
+        self.child = context.Process(target=target, args=(args, child_end), name="bench-server")
+        self.child.start()
+        child_end.close()
+        self.port = 0
+        #: Steps of one replica say nothing of several.
+        self.steps_readable = not (args.ray and args.replicas > 1)
+
+    def wait(self) -> None:
+        """Until the child serves (an error if it died first)."""
+        while self.child.is_alive():
+            if self.ports.poll(1):
+                self.port = int(self.ports.recv())
+                break
+        else:
+            raise RuntimeError(f"the server process ended (exit code {self.child.exitcode})")
+        with httpx.Client(timeout=5) as http:
+            while self.child.is_alive():
+                try:
+                    if http.get(f"http://127.0.0.1:{self.port}/health").status_code == 200:
+                        return
+                except httpx.HTTPError:
+                    time.sleep(0.1)
+        raise RuntimeError(f"the server process ended (exit code {self.child.exitcode})")
+
+    def close(self) -> None:
+        self.child.terminate()  # SIGTERM: uvicorn shuts down gracefully
+        self.child.join(120)
+        if self.child.is_alive():
+            self.child.kill()
+            self.child.join()
+        self.ports.close()
+
+    def load_test(self, batch: list[str], count: int, stagger_s: float) -> Run:
+        return asyncio.run(self._load_test(batch, count, stagger_s))
+
+    async def _load_test(self, batch: list[str], count: int, stagger_s: float) -> Run:
+        run = Run()
+        limits = httpx.Limits(max_connections=count + 1)  # + 1: /metrics
+        async with httpx.AsyncClient(
+            base_url=f"http://127.0.0.1:{self.port}", limits=limits, timeout=httpx.Timeout(600.0)
+        ) as http:
+            await one_request(http, "warm up", 4, Run())
+            before = await engine_steps(http)
+
+            async def send(prompt: str, into: Run) -> None:
+                await one_request(http, prompt, self.args.max_tokens, into)
+
+            await clients(send, batch, count, stagger_s, run)
+            after = await engine_steps(http)
+        steps = None
+        if self.steps_readable and before is not None and after is not None:
+            steps = after - before
+        run.work = {"steps": steps}
+        return run
 
 
 # ----------------------------------------------------------------------------- in-process
 
 
-def in_process(args: argparse.Namespace) -> dict[str, tuple[int, float]]:
-    """The same prompts in-process, generated tokens and seconds: in one ``engine.generate``
-    batch; in consecutive batches of ``args.clients`` prompts (as wide as the clients can
-    make the server's batch); and as ``args.clients`` concurrent ``engine.astream`` callers
-    sharing the requests (the engine's continuous batching without HTTP)."""
-    engine = load(args)
-    engine.generate("warm up", max_new_tokens=4)
-    batch = prompts(args.requests)
+class StepWatch:
+    """Times the engine's first decoding step after :meth:`arm` (a batched call's time to
+    first token: every row gets its first token at that step)."""
 
-    def batches(width: int) -> int:
-        tokens = 0
+    def __init__(self, engine: BacoEngine) -> None:
+        self.start, self.at = 0.0, 0.0
+        batch = engine.scheduler.batch
+        step = getattr(batch.step, "__wrapped__", batch.step)
+
+        def watched_step() -> Any:
+            changed = step()
+            if not self.at:
+                self.at = time.perf_counter()
+            return changed
+
+        watched_step.__wrapped__ = step  # type: ignore[attr-defined]
+        batch.step = watched_step  # type: ignore[method-assign]
+
+    def arm(self) -> None:
+        self.start, self.at = time.perf_counter(), 0.0
+
+    def first_step_s(self) -> float:
+        return self.at - self.start if self.at else float("nan")
+
+
+class InProcess:
+    """The same prompts on an engine in this process."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.engine = load(args)
+        self.engine.generate("warm up", max_new_tokens=4)
+        self.watch = StepWatch(self.engine)
+
+    def work(self) -> dict[str, int]:
+        counters = self.engine.scheduler.batch.bridge.counters()
+        return {
+            "steps": self.engine.load().steps,
+            "prefill_rounds": self.engine.scheduler.prefill_rounds,
+            "base_forwards": counters.base_forward_passes,
+            "aligned_forwards": counters.aligned_forward_passes,
+        }
+
+    def measured(self, fn: Callable[[Run], None]) -> Run:
+        run, before = Run(), self.work()
+        fn(run)
+        run.work = {k: v - before[k] for k, v in self.work().items()}
+        return run
+
+    def batches(self, batch: list[str], width: int, run: Run) -> None:
+        """Consecutive ``engine.generate`` calls of ``width`` prompts."""
+        start = time.perf_counter()
         for i in range(0, len(batch), width):
             chunk = batch[i : i + width]
-            outputs = engine.generate(chunk, max_new_tokens=args.max_tokens, **SETTINGS)
-            tokens += sum(o.num_tokens for row in outputs for o in row)
-        return tokens
+            self.watch.arm()
+            outputs = self.engine.generate(chunk, max_new_tokens=self.args.max_tokens, **SETTINGS)
+            run.tokens += sum(o.num_tokens for row in outputs for o in row)
+            run.ttft += [self.watch.first_step_s()] * len(chunk)
+            run.latency += [time.perf_counter() - self.watch.start] * len(chunk)
+        run.seconds = time.perf_counter() - start
 
-    async def streaming_callers() -> int:
-        queue = list(reversed(batch))
+    async def astreamed(self, prompt: str, run: Run) -> None:
+        start, first = time.perf_counter(), None
+        stream = self.engine.astream(prompt, max_new_tokens=self.args.max_tokens, **SETTINGS)
+        async for chunk in stream:
+            if first is None and chunk.text:
+                first = time.perf_counter() - start
+            if chunk.output is not None:
+                run.tokens += chunk.output.num_tokens
+        run.latency.append(time.perf_counter() - start)
+        if first is not None:
+            run.ttft.append(first)
 
-        async def caller() -> int:
-            tokens = 0
-            while queue:
-                stream = engine.astream(queue.pop(), max_new_tokens=args.max_tokens, **SETTINGS)
-                async for chunk in stream:
-                    tokens += chunk.output.num_tokens if chunk.output is not None else 0
-            return tokens
+    def callers(self, batch: list[str], count: int, stagger_s: float, run: Run) -> None:
+        asyncio.run(clients(self.astreamed, batch, count, stagger_s, run))
 
-        return sum(await asyncio.gather(*(caller() for _ in range(args.clients))))
 
-    ways = {
-        "one_batch": lambda: batches(len(batch)),
-        "client_wide_batches": lambda: batches(args.clients),
-        "concurrent_streams": lambda: asyncio.run(streaming_callers()),
+def modes(
+    local: InProcess, server: Server, batch: list[str], count: int, stagger_s: float
+) -> dict[str, Callable[[], Run]]:
+    """Each mode as a function returning its :class:`Run`."""
+    found: dict[str, Callable[[], Run]] = {
+        BATCHED: lambda: local.measured(lambda run: local.batches(batch, len(batch), run))
     }
-    timings = {}
-    for name, run in ways.items():
-        runs = []
-        for _ in range(args.repeats):
-            start = time.perf_counter()
-            tokens = run()
-            runs.append((tokens, time.perf_counter() - start))
-        timings[name] = median_run(runs)
-    engine.shutdown()
-    return timings
+    if count < len(batch):
+        found[f"batches of {count}"] = lambda: local.measured(
+            lambda run: local.batches(batch, count, run)
+        )
+    found["engine.astream callers"] = lambda: local.measured(
+        lambda run: local.callers(batch, count, 0.0, run)
+    )
+    found["engine.astream callers, staggered"] = lambda: local.measured(
+        lambda run: local.callers(batch, count, stagger_s, run)
+    )
+    found["HTTP clients"] = lambda: server.load_test(batch, count, 0.0)
+    found["HTTP clients, staggered"] = lambda: server.load_test(batch, count, stagger_s)
+    return found
 
 
-def median_run(runs: list[Any]) -> Any:
-    """The run of median throughput (each run is ``(tokens or tally, seconds)``)."""
+def median_run(runs: list[Run]) -> Run:
+    """The run of median throughput."""
+    return sorted(runs, key=lambda r: r.tokens / r.seconds if r.seconds else 0.0)[len(runs) // 2]
 
-    def rate(run: Any) -> float:
-        tokens = run[0] if isinstance(run[0], int) else run[0].tokens
-        return tokens / run[1]
 
-    return sorted(runs, key=rate)[len(runs) // 2]
+def measure(
+    local: InProcess, server: Server, count: int, requests: int, args: argparse.Namespace
+) -> list[dict]:
+    """The rows of one client count: every mode ``args.repeats`` times, interleaved."""
+    batch = prompts(requests)
+    runs: dict[str, list[Run]] = {}
+    for _ in range(args.repeats):
+        for name, fn in modes(local, server, batch, count, args.stagger_s).items():
+            runs.setdefault(name, []).append(fn())
+    base = median_run(runs[BATCHED])
+    base_rate, base_ttft = base.tokens / base.seconds, base.ttft[0]
+    rows = []
+    for name, mode_runs in runs.items():
+        run = median_run(mode_runs)
+        rate = run.tokens / run.seconds if run.seconds else 0.0
+        ttft = percentile(run.ttft, 50)
+        rows.append(
+            {
+                "clients": count,
+                "requests": requests,
+                "where": "server" if name.startswith("HTTP") else "in-process",
+                "how": name,
+                "tokens": run.tokens,
+                "seconds": round(run.seconds, 3),
+                "tokens_per_s": round(rate, 1),
+                "vs_one_call": round(rate / base_rate, 3),
+                "ttft_p50_s": round(ttft, 3),
+                "ttft_p99_s": round(percentile(run.ttft, 99), 3),
+                "ttft_vs_one_call": round(ttft / base_ttft, 2),
+                "latency_p50_s": round(percentile(run.latency, 50), 3),
+                "latency_p99_s": round(percentile(run.latency, 99), 3),
+                "completed": len(run.latency),
+                "errors": sum(len(r.errors) for r in mode_runs),  # every run's
+                "first_errors": [e for r in mode_runs for e in r.errors][:3],
+                **{k: run.work.get(k) for k in WORK},
+            }
+        )
+    return rows
+
+
+#: The work columns; the server publishes only its steps.
+WORK = ("steps", "prefill_rounds", "base_forwards", "aligned_forwards")
 
 
 # ----------------------------------------------------------------------------- report
@@ -290,75 +443,38 @@ def percentile(values: list[float], q: float) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[round(q) - 1]
 
 
-def report(
-    args: argparse.Namespace, local: dict[str, tuple[int, float]], served: Tally, wall: float
-) -> dict:
-    def rate(tokens: int, seconds: float) -> dict[str, Any]:
-        return {
-            "tokens": tokens,
-            "seconds": round(seconds, 2),
-            "tokens_per_s": round(tokens / seconds, 1),
-        }
+def markdown(rows: list[dict], meta: dict) -> str:
+    on_ray = f" (Ray Serve, {meta['ray_replicas']} replicas)" if meta.get("ray_replicas") else ""
 
-    server_rate = served.tokens / wall
-    return {
-        "device": args.device,
-        "torch_threads": args.threads,
-        "ray_replicas": args.replicas if args.ray else None,
-        "base": args.base,
-        "aligned": args.aligned,
-        "clients": args.clients,
-        "requests": args.requests,
-        "max_tokens": args.max_tokens,
-        **{name: rate(*timing) for name, timing in local.items()},
-        "server": rate(served.tokens, wall),
-        "ratio_one_batch": round(server_rate * local["one_batch"][1] / local["one_batch"][0], 3),
-        "ratio_client_wide": round(
-            server_rate * local["client_wide_batches"][1] / local["client_wide_batches"][0], 3
-        ),
-        "ratio_concurrent_streams": round(
-            server_rate * local["concurrent_streams"][1] / local["concurrent_streams"][0], 3
-        ),
-        "ttft_s": {
-            "p50": round(percentile(served.ttft, 50), 3),
-            "p99": round(percentile(served.ttft, 99), 3),
-        },
-        "latency_s": {
-            "p50": round(percentile(served.latency, 50), 3),
-            "p99": round(percentile(served.latency, 99), 3),
-        },
-        "completed": len(served.latency),
-        "errors": len(served.errors),
-        "first_errors": served.errors[:3],
-    }
+    def cell(value: int | None) -> str:
+        return "n/a" if value is None else str(value)
 
-
-def markdown(r: dict) -> str:
-    on_ray = f" on Ray ({r['ray_replicas']} replicas)" if r.get("ray_replicas") else ""
-
-    def row(label: str, key: str) -> str:
-        return f"| {label} | {r[key]['tokens']} | {r[key]['seconds']} | {r[key]['tokens_per_s']} |"
-
-    return "\n".join(
-        [
-            "| | tokens | seconds | tokens/s |",
-            "|---|---:|---:|---:|",
-            row(f"in-process, one batch of {r['requests']} prompts", "one_batch"),
-            row(f"in-process, batches of {r['clients']} prompts", "client_wide_batches"),
-            row(
-                f"in-process, {r['clients']} concurrent engine.astream callers",
-                "concurrent_streams",
-            ),
-            row(f"server{on_ray}, {r['clients']} streaming clients", "server"),
-            "",
-            f"Server / in-process: **{r['ratio_one_batch']:.2f}x** one batch, "
-            f"**{r['ratio_client_wide']:.2f}x** batches of {r['clients']}, "
-            f"**{r['ratio_concurrent_streams']:.2f}x** concurrent callers. Time to first token "
-            f"p50 {r['ttft_s']['p50']} s, p99 {r['ttft_s']['p99']} s; end-to-end p50 "
-            f"{r['latency_s']['p50']} s, p99 {r['latency_s']['p99']} s. "
-            f"{r['completed']}/{r['requests']} requests completed, {r['errors']} errors.",
-        ]
-    )
+    lines = [
+        "| clients × requests | how | tokens/s | vs one batched call | TTFT p50 s | vs batched "
+        "| end-to-end p50 s | steps | prefill rounds | base / aligned forwards |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        where = f"server{on_ray}" if r["where"] == "server" else "in-process"
+        forwards = f"{cell(r['base_forwards'])} / {cell(r['aligned_forwards'])}"
+        lines.append(
+            f"| {r['clients']} × {r['requests']} | {where}, {r['how']} | {r['tokens_per_s']} "
+            f"| {r['vs_one_call']:.2f}x | {r['ttft_p50_s']} | {r['ttft_vs_one_call']:.2f}x "
+            f"| {r['latency_p50_s']} | {cell(r['steps'])} | {cell(r['prefill_rounds'])} "
+            f"| {forwards} |"
+        )
+    served = [r for r in rows if r["where"] == "server"]
+    completed = all(r["completed"] == r["requests"] for r in served)
+    errors = sum(r["errors"] for r in served)
+    lines += [
+        "",
+        f"Staggered clients start {meta['stagger_s']} s apart. The batched call's time to "
+        "first token is its first decoding step. Server requests: "
+        f"{'all' if completed else 'NOT all'} completed in the reported runs, {errors} errors "
+        "over every run. The server publishes its decoding steps, not its prefill rounds or "
+        "forward passes (n/a).",
+    ]
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -368,15 +484,36 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--offline", action="store_true", help="the offline real pair")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="auto")
-    parser.add_argument("--clients", type=int, default=32)
-    parser.add_argument("--requests", type=int, default=128)
+    parser.add_argument(
+        "--clients", type=int, nargs="+", default=[32], help="concurrent clients (each count)"
+    )
+    parser.add_argument(
+        "--requests",
+        type=int,
+        nargs="+",
+        default=[128],
+        help="requests in all: one count for every --clients count, or one per count",
+    )
     parser.add_argument("--max-tokens", type=int, default=32)
+    parser.add_argument(
+        "--stagger-s",
+        type=float,
+        default=STAGGER_S,
+        help="seconds between staggered clients' starts (default: about one decoding step "
+        "of the offline pair on CPU)",
+    )
     parser.add_argument("--repeats", type=int, default=3, help="runs of each; the median")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
-    parser.add_argument("--out", type=Path, help="also write server.json and server.md here")
+    parser.add_argument(
+        "--out", type=Path, help="also write server.json and server.md (_offline) here"
+    )
     parser.add_argument("--ray", action="store_true", help="serve on Ray Serve (the ray extra)")
     parser.add_argument("--replicas", type=int, default=1, help="with --ray: replicas")
     args = parser.parse_args(argv)
+    if len(args.requests) == 1:
+        args.requests = args.requests * len(args.clients)
+    if len(args.requests) != len(args.clients):
+        parser.error("--requests: one count, or one per --clients count")
     if args.offline:
         from baco_integrations.offline import converted_pair
 
@@ -387,16 +524,42 @@ def main(argv: list[str] | None = None) -> None:
 
         bench = make_bench_pair(tempfile.mkdtemp(prefix="baco-bench-"))
         args.base, args.aligned = str(bench.base_dir), str(bench.aligned_dir)
-    local = in_process(args)
-    served, wall = through_server(args)
-    result = report(args, local, served, wall)
-    table = markdown(result)
-    print(json.dumps(result))
+    server = Server(args)  # loads while this process loads its own engine
+    local = None
+    try:
+        local = InProcess(args)
+        server.wait()
+        rows = [
+            row
+            for count, requests in zip(args.clients, args.requests, strict=True)
+            for row in measure(local, server, count, requests, args)
+        ]
+        meta = {
+            "device": args.device,
+            "dtype": str(local.engine.aligned_model.dtype),
+            "torch_threads": args.threads,
+            "ray_replicas": args.replicas if args.ray else None,
+            "base": args.base,
+            "aligned": args.aligned,
+            "max_tokens": args.max_tokens,
+            "stagger_s": args.stagger_s,
+            "repeats": args.repeats,
+            "admission_wait_steps": local.engine.limits.admission_wait_steps,
+        }
+    finally:
+        server.close()
+        if local is not None:
+            local.engine.shutdown()
+    table = markdown(rows, meta)
+    print(json.dumps(meta))
     print(table)
     if args.out is not None:
+        stem = "server_offline" if args.offline else "server"
         args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "server.json").write_text(json.dumps(result, indent=2), encoding="utf-8")
-        (args.out / "server.md").write_text(table + "\n", encoding="utf-8")
+        (args.out / f"{stem}.json").write_text(
+            json.dumps({"meta": meta, "rows": rows}, indent=2), encoding="utf-8"
+        )
+        (args.out / f"{stem}.md").write_text(f"{json.dumps(meta)}\n\n{table}\n", encoding="utf-8")
 
 
 if __name__ == "__main__":
