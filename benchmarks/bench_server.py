@@ -20,9 +20,10 @@ same settings also run in this process, on an engine of its own. The modes:
 It reports generated tokens per second and the ratio to the batched call (target on CPU, with
 as many requests as clients: at least 0.9x through the server), time to first token p50 and
 p99 and its ratio to the batched call's (target: p50 under 2x), end-to-end latency per
-request, the engine's decoding steps per mode (the server's from ``baco_engine_steps`` at
-``/metrics``), prefill rounds and each model's forward passes per in-process mode (the server
-does not publish those), and the error count (target: zero), over every run.
+request, the engine's decoding steps, prefill rounds and each model's forward passes per mode (the
+server's read from its ``/metrics``: ``baco_engine_steps``, ``baco_engine_prefill_rounds``,
+``baco_engine_{base,aligned}_forward_passes``), and the error count (target: zero), over
+every run.
 
 Each mode runs ``--repeats`` times, the modes interleaved per repeat (a slow spell of the
 machine hits them all); the run of median throughput is reported.
@@ -204,17 +205,23 @@ async def one_request(http: httpx.AsyncClient, prompt: str, max_tokens: int, run
         run.ttft.append(first)
 
 
-async def engine_steps(http: httpx.AsyncClient) -> int | None:
-    """The server engine's decoding steps so far (``baco_engine_steps`` at ``/metrics``), or
-    None if it cannot be read."""
+#: The server engine's work counters at ``/metrics`` (``baco_engine_<name>``).
+WORK_METRICS = ("steps", "prefill_rounds", "base_forward_passes", "aligned_forward_passes")
+
+
+async def engine_work(http: httpx.AsyncClient) -> dict[str, int] | None:
+    """The server engine's work so far (steps, prefill rounds, each model's forwards, read
+    from ``/metrics``), or None if it cannot be read."""
     try:
         text = (await http.get("/metrics")).text
     except httpx.HTTPError:
         return None
+    values = {}
     for line in text.splitlines():
-        if line.startswith("baco_engine_steps "):
-            return int(float(line.split()[1]))
-    return None
+        name, _, value = line.partition(" ")
+        if name.startswith("baco_engine_") and name[len("baco_engine_") :] in WORK_METRICS:
+            values[name[len("baco_engine_") :]] = int(float(value))
+    return values if len(values) == len(WORK_METRICS) else None
 
 
 class Server:
@@ -267,17 +274,16 @@ class Server:
             base_url=f"http://127.0.0.1:{self.port}", limits=limits, timeout=httpx.Timeout(600.0)
         ) as http:
             await one_request(http, "warm up", 4, Run())
-            before = await engine_steps(http)
+            before = await engine_work(http)
 
             async def send(prompt: str, into: Run) -> None:
                 await one_request(http, prompt, self.args.max_tokens, into)
 
             await clients(send, batch, count, stagger_s, run)
-            after = await engine_steps(http)
-        steps = None
+            after = await engine_work(http)
         if self.steps_readable and before is not None and after is not None:
-            steps = after - before
-        run.work = {"steps": steps}
+            done = {k: after[k] - before[k] for k in WORK_METRICS}
+            run.work = dict(zip(WORK, done.values(), strict=True))
         return run
 
 
@@ -471,8 +477,7 @@ def markdown(rows: list[dict], meta: dict) -> str:
         f"Staggered clients start {meta['stagger_s']} s apart. The batched call's time to "
         "first token is its first decoding step. Server requests: "
         f"{'all' if completed else 'NOT all'} completed in the reported runs, {errors} errors "
-        "over every run. The server publishes its decoding steps, not its prefill rounds or "
-        "forward passes (n/a).",
+        "over every run. The server's work is read from its /metrics (n/a: several replicas).",
     ]
     return "\n".join(lines)
 

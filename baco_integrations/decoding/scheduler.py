@@ -63,6 +63,10 @@ class SchedulerLoad:
     steps: int
     max_live_rows: int
     max_waiting: int
+    #: Work so far: prefill rounds, and forward passes of each model.
+    prefill_rounds: int = 0
+    base_forward_passes: int = 0
+    aligned_forward_passes: int = 0
 
 
 class Ticket:
@@ -191,12 +195,16 @@ class Scheduler:
         return len(self._waiting)
 
     def load(self) -> SchedulerLoad:
+        counters = self.batch.bridge.counters()
         return SchedulerLoad(
             live_rows=self.live_rows,
             waiting=self.waiting,
             steps=self.steps,
             max_live_rows=self.max_live_rows,
             max_waiting=self.max_waiting,
+            prefill_rounds=self.prefill_rounds,
+            base_forward_passes=counters.base_forward_passes,
+            aligned_forward_passes=counters.aligned_forward_passes,
         )
 
     # ------------------------------------------------------------- the loop

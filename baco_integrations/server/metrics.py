@@ -80,8 +80,15 @@ class Metrics:
         live.set_function(lambda: engine.load().live_rows)
         waiting = Gauge("baco_queue_depth", "Calls waiting to join the batch.", registry=r)
         waiting.set_function(lambda: engine.load().waiting)
-        steps = Gauge("baco_engine_steps", "Decoding steps the engine has run.", registry=r)
-        steps.set_function(lambda: engine.load().steps)
+        work = {
+            "steps": "Decoding steps the engine has run.",
+            "prefill_rounds": "Prefill rounds (waiting calls admitted together) so far.",
+            "base_forward_passes": "Forward passes of the base model so far.",
+            "aligned_forward_passes": "Forward passes of the aligned model so far.",
+        }
+        for field, doc in work.items():
+            gauge = Gauge(f"baco_engine_{field}", doc, registry=r)
+            gauge.set_function(lambda field=field: getattr(engine.load(), field))
 
     def finished(self, outputs: Iterable[BacoOutput], prompt_tokens: int) -> None:
         """Count the tokens of a request's finished choices."""

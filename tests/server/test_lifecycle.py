@@ -240,6 +240,12 @@ def test_metrics(engine: BacoEngine, test_config: ServerConfig) -> None:
     assert metric(text, "baco_live_rows") == 0
     assert metric(text, "baco_queue_depth") == 0
     assert metric(text, "baco_request_seconds_count", endpoint="/v1/chat/completions") == 3
+    # the engine's work (a shared engine: at least these two calls' prefills and steps)
+    load = engine.load()
+    assert 2 <= metric(text, "baco_engine_prefill_rounds") <= load.prefill_rounds
+    assert metric(text, "baco_engine_steps") >= 2 * (usage["completion_tokens"] - 1)
+    for model in ("base", "aligned"):
+        assert 2 <= metric(text, f"baco_engine_{model}_forward_passes")
 
 
 def test_no_cors_unless_asked(engine: BacoEngine, test_config: ServerConfig) -> None:
