@@ -22,20 +22,53 @@ from .pair import ALIGNED, Pair, PairMember
 from .samples import SampleRecord
 from .views import common_prefix
 
+#: Per tokenizer, llguidance's view of it, or why llguidance cannot read it (the error is
+#: kept too: each constrained call on such a pair fails at once, without a second attempt).
 _TOKENIZERS: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
 
+#: The tokenizers llguidance reads (``llguidance.hf.from_tokenizer``: the decoder type of a
+#: fast tokenizer's ``tokenizer.json``).
+READABLE_TOKENIZERS = (
+    "a fast Hugging Face tokenizer whose decoder is ByteLevel (GPT-2, Llama 3, Qwen, SmolLM) "
+    "or holds a ByteFallback (SentencePiece with byte fallback: Llama 2, Mistral, Gemma)"
+)
 
-def ll_tokenizer(member: PairMember) -> Any:
+
+class _Unreadable(str):
+    """Why llguidance could not read a tokenizer (llguidance's own message)."""
+
+
+def ll_tokenizer(member: PairMember, shared: bool = False) -> Any:
     """llguidance's view of a model's vocabulary (built once per tokenizer: it reads every
-    token's bytes)."""
+    token's bytes).
+
+    Raises ``ValueError`` naming the constraint setting, the model and what to do when
+    llguidance cannot read the tokenizer (a Metaspace decoder without byte fallback, as T5's;
+    a slow tokenizer); the failure is cached like a success. ``shared``: the pair's two
+    models share this vocabulary (the message says so)."""
     import llguidance.hf
 
     cached = _TOKENIZERS.get(member.tokenizer)
     if cached is None:
-        cached = llguidance.hf.from_tokenizer(
-            member.tokenizer, n_vocab=member.vocab_size, eos_token=sorted(member.eos_ids)
-        )
+        try:
+            cached = llguidance.hf.from_tokenizer(
+                member.tokenizer, n_vocab=member.vocab_size, eos_token=sorted(member.eos_ids)
+            )
+        except Exception as exc:  # llguidance raises ValueError, or its Rust side's errors
+            cached = _Unreadable(str(exc) or type(exc).__name__)
         _TOKENIZERS[member.tokenizer] = cached
+    if isinstance(cached, _Unreadable):
+        model = member.runner.facts.name or "unnamed"
+        whose = "the tokenizer both models share, the" if shared else "the"
+        raise ValueError(
+            "the constraint setting (constraint=, structured output) is not supported on this "
+            f"pair: llguidance, the grammar engine, cannot read {whose} {member.name} model's "
+            f"tokenizer ({model}; {type(member.tokenizer).__name__}): {cached}. It reads "
+            f"{READABLE_TOKENIZERS}. "
+            "Use a pair whose tokenizers llguidance reads, or call without a constraint "
+            "(no constraint= or with_structured_output; ask for JSON in the prompt and parse "
+            "the reply)"
+        )
     return cached
 
 
@@ -50,7 +83,7 @@ class SampleMatchers:
         self.shared = pair.shares_tokenizer
         self.executor = LLExecutor()
         sources = (ALIGNED,) if self.shared else tuple(m.source for m in pair.members)
-        self.tokenizers = {s: ll_tokenizer(pair.members[s]) for s in sources}
+        self.tokenizers = {s: ll_tokenizer(pair.members[s], self.shared) for s in sources}
         self.matchers = {
             (id(sample), s): LLMatcher(self.tokenizers[s], grammar)
             for sample in samples
