@@ -26,10 +26,12 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from .config import GenerationSettings
 from .constraints import JSON_LAYOUT, Constraint, _closed
 
 __all__ = [
     "TOOL_CHOICES",
+    "BoundTools",
     "ToolCall",
     "ToolSpec",
     "call_text",
@@ -179,3 +181,43 @@ def with_tools_prompt(
         first = {"role": "system", "content": f"{conversation[0]['content']}\n\n{prompt}"}
         return [first, *conversation[1:]]
     return [{"role": "system", "content": prompt}, *conversation]
+
+
+@dataclass(frozen=True)
+class BoundTools:
+    """A call's tools and ``tool_choice``, from its keyword arguments (``tools`` in OpenAI's
+    function shape, ``tool_choice``, ``parallel_tool_calls``)."""
+
+    specs: tuple[ToolSpec, ...]
+    choice: str
+
+    @classmethod
+    def pop(cls, kwargs: dict[str, Any]) -> BoundTools | None:
+        """Take the tool keywords out of ``kwargs``; None when no tools are bound."""
+        tools = kwargs.pop("tools", None)
+        choice = kwargs.pop("tool_choice", None)
+        kwargs.pop("parallel_tool_calls", None)  # at most one call per reply, either way
+        if not tools:
+            if choice not in (None, "none", "auto"):
+                raise ValueError(f"tool_choice={choice!r} needs tools")
+            return None
+        specs = tuple(ToolSpec.from_openai(tool) for tool in tools)
+        return cls(specs, check_tool_choice(choice, specs))
+
+    def settings(self, settings: GenerationSettings) -> GenerationSettings:
+        """``settings`` with the tools' constraint; a call that has its own is refused."""
+        constraint = tool_constraint(self.specs, self.choice)
+        if constraint is None:
+            return settings
+        if settings.constraint is not None:
+            raise ValueError(
+                "a call with tools cannot also have a constraint: the reply is "
+                "either text or a tool call, decoded under the tools' own grammar"
+            )
+        return settings.updated(constraint=constraint)
+
+    def conversation(self, conversation: list[dict[str, str]]) -> list[dict[str, str]]:
+        return with_tools_prompt(conversation, self.specs, self.choice)
+
+    def call(self, text: str) -> ToolCall | None:
+        return parse_tool_call(text, self.specs)

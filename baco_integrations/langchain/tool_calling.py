@@ -10,26 +10,15 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from langchain_core.messages import AIMessage, BaseMessage, ToolMessage
 from langchain_core.messages.tool import tool_call, tool_call_chunk
 from langchain_core.utils.function_calling import convert_to_openai_tool
 
-from ..tool_calls import (
-    ToolCall,
-    ToolSpec,
-    call_text,
-    check_tool_choice,
-    parse_tool_call,
-    result_text,
-    tool_constraint,
-    with_tools_prompt,
-)
+from ..tool_calls import BoundTools, ToolCall, ToolSpec, call_text, result_text
 
-#: The per-call keyword arguments bind_tools sets (not generation settings).
-TOOL_KWARGS = ("tools", "tool_choice", "parallel_tool_calls")
+__all__ = ["BoundTools", "call_names", "openai_tools", "tool_turn"]
 
 
 def openai_tools(tools: Sequence[Any]) -> list[dict[str, Any]]:
@@ -39,45 +28,6 @@ def openai_tools(tools: Sequence[Any]) -> list[dict[str, Any]]:
     for tool in formatted:
         ToolSpec.from_openai(tool)
     return formatted
-
-
-@dataclass(frozen=True)
-class BoundTools:
-    """A call's tools and ``tool_choice``, from the keyword arguments bind_tools bound."""
-
-    specs: tuple[ToolSpec, ...]
-    choice: str
-
-    @classmethod
-    def pop(cls, kwargs: dict[str, Any]) -> BoundTools | None:
-        """Take the tool keywords out of ``kwargs``; None when no tools are bound."""
-        tools = kwargs.pop("tools", None)
-        choice = kwargs.pop("tool_choice", None)
-        kwargs.pop("parallel_tool_calls", None)  # at most one call per reply, either way
-        if not tools:
-            if choice not in (None, "none", "auto"):
-                raise ValueError(f"tool_choice={choice!r} needs tools (bind_tools)")
-            return None
-        specs = tuple(ToolSpec.from_openai(tool) for tool in tools)
-        return cls(specs, check_tool_choice(choice, specs))
-
-    def settings(self, settings: Any) -> Any:
-        """``settings`` with the tools' constraint; a call that has its own is refused."""
-        constraint = tool_constraint(self.specs, self.choice)
-        if constraint is None:
-            return settings
-        if settings.constraint is not None:
-            raise ValueError(
-                "a call with tools (bind_tools) cannot also have a constraint: the reply is "
-                "either text or a tool call, decoded under the tools' own grammar"
-            )
-        return settings.updated(constraint=constraint)
-
-    def conversation(self, conversation: list[dict[str, str]]) -> list[dict[str, str]]:
-        return with_tools_prompt(conversation, self.specs, self.choice)
-
-    def call(self, text: str) -> ToolCall | None:
-        return parse_tool_call(text, self.specs)
 
 
 def tool_turn(message: BaseMessage, names: Mapping[str, str]) -> tuple[str, str] | None:
