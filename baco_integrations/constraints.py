@@ -10,12 +10,14 @@ rolls back to the common prefix; see docs/structured.md for the comparison with 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
+from decimal import Decimal
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, model_validator
 
-__all__ = ["JSON_LAYOUT", "Constraint"]
+__all__ = ["JSON_LAYOUT", "NUMBER_LIMIT", "NUMBER_STEP", "Constraint"]
 
 #: How constrained JSON is laid out: one line, a space after ``:`` and ``,``. Free white space
 #: is where a base model's words would wander off (pages of newlines until the token budget
@@ -23,18 +25,92 @@ __all__ = ["JSON_LAYOUT", "Constraint"]
 JSON_LAYOUT = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
 
 
+#: The bound an integer or number gets on each side its schema leaves open: 15 digits, so a
+#: model cannot write digits until the token budget ends (``"minutes": 1232424580172...``).
+#: Every integer of up to 15 digits is exact as a double (< 2**53: JavaScript's safe
+#: integers, JSON parsers that read numbers as doubles) and fits int64.
+NUMBER_LIMIT = 10**15 - 1
+#: The ``multipleOf`` a number gets when its schema gives none: at most 9 decimals (the
+#: fraction is unbounded otherwise, ``0.3333...``). Bounded numbers take no exponent.
+NUMBER_STEP = 1e-9
+
+#: Keywords whose values are data, not schemas: :func:`_closed` leaves them as they are.
+_DATA_KEYWORDS = frozenset({"const", "enum", "default", "examples"})
+#: Keywords whose values map names to schemas (a property may be called ``default``).
+_SCHEMA_MAPS = frozenset(
+    {"properties", "patternProperties", "$defs", "definitions", "dependentSchemas"}
+)
+
+
+def _bound(schema: Mapping[str, Any], *keys: str) -> float | None:
+    """The schema's own bound on one side (``minimum``/``exclusiveMinimum`` or the maximum
+    pair), or None; draft 4's boolean ``exclusiveMinimum`` goes with ``minimum``."""
+    for key in keys:
+        value = schema.get(key)
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return value
+    return None
+
+
+def _bounded(schema: dict[str, Any]) -> dict[str, Any]:
+    """An integer or number ``schema`` with bounds on the sides it leaves open
+    (:data:`NUMBER_LIMIT`) and, for a number, :data:`NUMBER_STEP` as its ``multipleOf`` if it
+    has none. The schema's own bounds win: only a missing side is filled, and not where that
+    would leave no value (a ``minimum`` above the limit)."""
+    kinds = schema.get("type")
+    kinds = [kinds] if isinstance(kinds, str) else kinds
+    if not isinstance(kinds, list) or "enum" in schema or "const" in schema:
+        return schema
+    if "integer" not in kinds and "number" not in kinds:
+        return schema
+    bounded = dict(schema)
+    low = _bound(schema, "minimum", "exclusiveMinimum")
+    high = _bound(schema, "maximum", "exclusiveMaximum")
+    if low is None and (high is None or high > -NUMBER_LIMIT):
+        bounded["minimum"] = -NUMBER_LIMIT
+    if high is None and (low is None or low < NUMBER_LIMIT):
+        bounded["maximum"] = NUMBER_LIMIT
+    if "number" in kinds and "multipleOf" not in schema and _has_step(bounded):
+        bounded["multipleOf"] = NUMBER_STEP
+    return bounded
+
+
+def _has_step(schema: Mapping[str, Any]) -> bool:
+    """Whether the range of ``schema`` holds a multiple of :data:`NUMBER_STEP` (a range
+    narrower than that, ``[0.1234567891, 0.1234567892]``, keeps its own decimals)."""
+    low = _bound(schema, "minimum", "exclusiveMinimum")
+    high = _bound(schema, "maximum", "exclusiveMaximum")
+    if low is None or high is None:
+        return True
+    step, low_, high_ = Decimal(str(NUMBER_STEP)), Decimal(str(low)), Decimal(str(high))
+    # the first multiple of the step in the range (above low, when low is exclusive)
+    if "minimum" in schema:
+        first = math.ceil(low_ / step) * step
+    else:
+        first = (math.floor(low_ / step) + 1) * step
+    return first <= high_ if "maximum" in schema else first < high_
+
+
 def _closed(schema: Any) -> Any:
-    """``schema`` with ``"additionalProperties": false`` on every object that has properties and
-    does not say (as OpenAI's strict structured outputs): a sample holds the fields asked for,
-    not keys the model invents."""
+    """``schema`` as it is compiled: ``"additionalProperties": false`` on every object that has
+    properties and does not say (as OpenAI's strict structured outputs): a sample holds the
+    fields asked for, not keys the model invents; and every integer or number bounded on the
+    sides it leaves open (:func:`_bounded`)."""
     if isinstance(schema, list):
         return [_closed(item) for item in schema]
     if not isinstance(schema, dict):
         return schema
-    closed = {key: _closed(value) for key, value in schema.items()}
+    closed: dict[str, Any] = {}
+    for key, value in schema.items():
+        if key in _DATA_KEYWORDS:
+            closed[key] = value
+        elif key in _SCHEMA_MAPS and isinstance(value, dict):
+            closed[key] = {name: _closed(item) for name, item in value.items()}
+        else:
+            closed[key] = _closed(value)
     if "properties" in closed and "additionalProperties" not in closed:
         closed["additionalProperties"] = False
-    return closed
+    return _bounded(closed)
 
 
 def _llmatcher() -> Any:
