@@ -203,6 +203,7 @@ async def _complete(
             metrics=service.metrics,
             retry_after_s=service.config.retry_after_s,
             started=started,
+            tools=call.tools,
         )
         return StreamingResponse(
             events(context, merged(streams)),
@@ -219,7 +220,7 @@ async def _complete(
     outputs = [(i * n + j, out) for i, row in enumerate(results) for j, out in enumerate(row)]
     usage = Usage.of(out for _, out in outputs)
     service.metrics.finished((out for _, out in outputs), usage.prompt_tokens)
-    return JSONResponse(response(reply, outputs, usage, engine.aligned_tokenizer))
+    return JSONResponse(response(reply, outputs, usage, engine.aligned_tokenizer, call.tools))
 
 
 async def _unless_disconnected(request: Request, work: Coroutine[Any, Any, T]) -> T:

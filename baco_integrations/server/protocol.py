@@ -6,7 +6,16 @@ The OpenAI sampling fields (``n``, ``temperature``, ``top_p``, ``seed``, ``stop`
 one :class:`~baco_integrations.GenerationSettings`, so a bad value is refused with the same
 message as in-process. Any other field is refused by name. ``response_format`` (JSON schema or
 JSON object) becomes BACO's ``constraint``: every sample is decoded under it. OpenAI features
-BACO does not have (tools, penalties, ...) are refused unless left "off".
+BACO does not have (penalties, the deprecated ``functions``, ...) are refused unless left
+"off".
+
+Tool calling (:mod:`baco_integrations.tool_calls`, docs/serving.md): ``tools`` (OpenAI function
+tools) and ``tool_choice`` become the tools' instructions at the end of the system message and
+the tools' grammar as the ``constraint`` (free text or one call with ``"auto"``, only calls
+with ``"required"`` or a tool's name, plain text with ``"none"``); ``parallel_tool_calls`` is
+accepted (a reply holds at most one call). In the messages, an assistant's ``tool_calls`` are
+the JSON the models wrote for them and a ``tool`` message is a user turn naming the tool that
+answered (found by its ``tool_call_id``).
 
 Token log-probs (docs/logprobs.md) are BACO's ``logprobs`` / ``top_logprobs`` settings:
 
@@ -22,8 +31,9 @@ Each log-prob is the writing model's, under the distribution its token was drawn
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, field
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, StrictBool, ValidationError
@@ -31,6 +41,14 @@ from pydantic import BaseModel, ConfigDict, StrictBool, ValidationError
 from ..config import SETTING_NAMES, GenerationSettings
 from ..conversation import ROLE_ALIASES, canonical_role, merge_turns
 from ..prompts import Prompt
+from ..tool_calls import (
+    ToolSpec,
+    call_text,
+    check_tool_choice,
+    result_text,
+    tool_constraint,
+    with_tools_prompt,
+)
 from .config import ServerConfig
 from .errors import bad_request, from_validation
 
@@ -48,10 +66,8 @@ def _off(*values: Any) -> Callable[[Any], bool]:
 
 #: OpenAI features BACO lacks: field -> (is it off?, why it is refused otherwise).
 UNSUPPORTED: dict[str, tuple[Callable[[Any], bool], str]] = {
-    "tools": (_off([]), "BACO has no tool calling"),
-    "functions": (_off([]), "BACO has no tool calling"),
-    "tool_choice": (_off("none"), "BACO has no tool calling"),
-    "function_call": (_off("none"), "BACO has no tool calling"),
+    "functions": (_off([]), "the deprecated functions API is not served; send tools"),
+    "function_call": (_off("none"), "the deprecated functions API is not served; send tool_choice"),
     "presence_penalty": (_off(0), "BACO's sampling has no penalties"),
     "frequency_penalty": (_off(0), "BACO's sampling has no penalties"),
     "logit_bias": (_off({}), "BACO's sampling has no logit bias"),
@@ -123,7 +139,7 @@ class ChatCompletionRequest(_Request):
     functions: Any = None
     tool_choice: Any = None
     function_call: Any = None
-    parallel_tool_calls: bool | None = None  # meaningless without tools
+    parallel_tool_calls: StrictBool | None = None  # accepted: a reply holds at most one call
     response_format: Any = None
     audio: Any = None
     modalities: Any = None
@@ -153,6 +169,9 @@ class Call:
     prompt_param: str
     #: Setting name -> the field the client gave it as (``max_new_tokens`` -> ``max_tokens``).
     wire: dict[str, str] = field(default_factory=dict)
+    #: The tools a reply may call (a reply that parses as a call to one is answered as
+    #: ``tool_calls``); empty without tools or with ``tool_choice: "none"``.
+    tools: tuple[ToolSpec, ...] = ()
 
 
 def chat_call(body: ChatCompletionRequest, config: ServerConfig) -> Call:
@@ -162,10 +181,109 @@ def chat_call(body: ChatCompletionRequest, config: ServerConfig) -> Call:
         implied["logprobs"] = ("logprobs", body.logprobs)
     if body.top_logprobs is not None:
         implied["top_logprobs"] = ("top_logprobs", body.top_logprobs)
+    tools, choice = tools_of(body.tools, body.tool_choice)
+    try:
+        grammar = tool_constraint(tools, choice)
+    except ValidationError as exc:  # a parameters schema the grammar engine cannot compile
+        message = exc.errors()[0]["msg"].removeprefix("Value error, ")
+        raise bad_request(f"the tools' parameters do not compile: {message}", "tools") from None
     constraint = constraint_of(body.response_format)
+    if constraint is not None and grammar is not None:
+        raise bad_request(
+            "response_format and tools cannot both shape a reply: with tools (tool_choice "
+            f"{choice!r}) each reply is decoded under the tools' grammar; drop response_format, "
+            "or send tool_choice 'none'",
+            "response_format",
+        )
     if constraint is not None:
         implied["constraint"] = ("response_format", constraint)
-    return _call(body, [conversation(body.messages)], "messages", config, implied)
+    if grammar is not None:
+        implied["constraint"] = ("tools", grammar)
+    messages = conversation(body.messages)
+    call = _call(body, [messages], "messages", config, implied)
+    if grammar is None:
+        return call
+    if messages[0]["role"] != "system" and call.settings.system_prompt is not None:
+        # The tools' instructions make a system message, which would hide system_prompt.
+        messages = [{"role": "system", "content": call.settings.system_prompt}, *messages]
+    return replace(call, prompts=[with_tools_prompt(messages, tools, choice)], tools=tools)
+
+
+def tools_of(tools: Any, tool_choice: Any) -> tuple[tuple[ToolSpec, ...], str]:
+    """The request's function tools and its ``tool_choice`` (a word or a tool's name); a
+    field that is not in OpenAI's shape is refused by name."""
+    if tools is None:
+        tools = []
+    if not isinstance(tools, list):
+        raise bad_request(
+            "tools must be a list of tools ({'type': 'function', 'function': {'name', "
+            "'description', 'parameters'}})",
+            "tools",
+        )
+    specs: list[ToolSpec] = []
+    for i, tool in enumerate(tools):
+        spec = _tool_spec(tool, f"tools[{i}]")
+        if any(other.name == spec.name for other in specs):
+            raise bad_request(
+                f"tools[{i}].function.name={spec.name!r} names an earlier tool too; tool names "
+                "must be unique",
+                f"tools[{i}].function.name",
+            )
+        specs.append(spec)
+    if isinstance(tool_choice, Mapping):
+        kind = tool_choice.get("type")
+        function = tool_choice.get("function")
+        if kind != "function" or not isinstance(function, Mapping):
+            raise bad_request(
+                f"tool_choice={tool_choice!r:.200} is not supported: use 'auto', 'none', "
+                "'required' or {'type': 'function', 'function': {'name': ...}}",
+                "tool_choice",
+                "unsupported" if kind != "function" else "invalid_value",
+            )
+    try:
+        choice = check_tool_choice(tool_choice, specs)
+    except ValueError as exc:
+        raise bad_request(str(exc), "tool_choice") from None
+    return tuple(specs), choice
+
+
+def _tool_spec(tool: Any, where: str) -> ToolSpec:
+    """One of ``tools``: an OpenAI function tool, checked field by field."""
+    if not isinstance(tool, Mapping):
+        raise bad_request(f"{where} must be an object, got {type(tool).__name__}", where)
+    kind = tool.get("type")
+    if kind != "function":
+        raise bad_request(
+            f"{where}.type={kind!r} is not supported: BACO calls function tools "
+            "({'type': 'function', 'function': {'name', 'description', 'parameters'}})",
+            f"{where}.type",
+            "unsupported" if kind is not None else "invalid_value",
+        )
+    function = tool.get("function")
+    if not isinstance(function, Mapping):
+        raise bad_request(
+            f"{where}.function must be an object ({{'name', 'description', 'parameters'}})",
+            f"{where}.function",
+        )
+    if not isinstance(function.get("name"), str):
+        raise bad_request(f"{where}.function.name must be a string", f"{where}.function.name")
+    parameters = function.get("parameters")
+    if parameters is not None and (
+        not isinstance(parameters, Mapping) or parameters.get("type", "object") != "object"
+    ):
+        raise bad_request(
+            f"{where}.function.parameters must be a JSON schema of an object (the call's "
+            "arguments)",
+            f"{where}.function.parameters",
+        )
+    try:
+        return ToolSpec.from_openai(tool)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        name = ".".join(str(part) for part in error["loc"])
+        raise bad_request(
+            f"{where}.function.{name}: {error['msg']}", f"{where}.function.{name}"
+        ) from None
 
 
 def constraint_of(response_format: Any) -> dict[str, Any] | None:
@@ -310,27 +428,102 @@ def _check_caps(settings: GenerationSettings, config: ServerConfig, wire: dict[s
 
 
 def conversation(messages: list[ChatMessage]) -> list[dict[str, str]]:
-    """Chat messages as the engine's conversation (same-role neighbours joined)."""
+    """Chat messages as the engine's conversation (same-role neighbours joined).
+
+    An assistant message's ``tool_calls`` are the calls as the models write them
+    (:func:`~baco_integrations.tool_calls.call_text`, after its text if it has any); a ``tool``
+    message is a user turn naming the tool (:func:`~baco_integrations.tool_calls.result_text`),
+    found by its ``tool_call_id`` among the earlier assistant messages' calls.
+    """
     if not messages:
         raise bad_request("messages is empty: send at least one message", "messages")
     turns = []
+    #: Tool call id -> the tool's name, over the assistant messages so far.
+    called: dict[str, str] = {}
     for i, message in enumerate(messages):
+        if message.function_call:
+            raise bad_request(
+                f"messages[{i}].function_call is not supported: the deprecated functions API "
+                "is not served; send tool_calls",
+                f"messages[{i}].function_call",
+                "unsupported",
+            )
+        if message.role.strip().lower() == "tool":
+            turns.append(("user", _tool_result(message, i, called)))
+            continue
         role = canonical_role(message.role)
         if role is None:
             raise bad_request(
-                f"messages[{i}].role={message.role!r} is not supported (BACO has no tool "
-                f"calling); roles are {', '.join(sorted(ROLE_ALIASES))}",
+                f"messages[{i}].role={message.role!r} is not supported; roles are "
+                f"{', '.join(sorted([*ROLE_ALIASES, 'tool']))}",
                 f"messages[{i}].role",
                 "unsupported",
             )
-        if message.tool_calls or message.function_call:
-            raise bad_request(
-                f"messages[{i}] carries tool calls: BACO has no tool calling",
-                f"messages[{i}].tool_calls",
-                "unsupported",
-            )
-        turns.append((role, _text(message.content, i)))
+        text = _text(message.content, i)
+        if message.tool_calls:
+            if role != "assistant":
+                raise bad_request(
+                    f"messages[{i}] is a {message.role!r} message with tool_calls; only "
+                    "assistant messages call tools",
+                    f"messages[{i}].tool_calls",
+                )
+            calls = [
+                _call_text(call, f"messages[{i}].tool_calls[{j}]", called)
+                for j, call in enumerate(message.tool_calls)
+            ]
+            text = "\n".join([text, *calls] if text else calls)
+        turns.append((role, text))
     return merge_turns(turns)
+
+
+def _call_text(call: Any, where: str, called: dict[str, str]) -> str:
+    """An earlier tool call (``{"id", "type": "function", "function": {"name", "arguments"}}``)
+    as the models wrote it; its id is noted in ``called``."""
+    function = call.get("function") if isinstance(call, Mapping) else None
+    if not isinstance(function, Mapping) or not isinstance(function.get("name"), str):
+        raise bad_request(
+            f"{where} must be a function call ({{'id', 'type': 'function', 'function': "
+            "{'name', 'arguments'}})",
+            where,
+        )
+    if call.get("type", "function") != "function":
+        raise bad_request(
+            f"{where}.type={call.get('type')!r} is not supported: BACO calls function tools",
+            f"{where}.type",
+            "unsupported",
+        )
+    arguments = function.get("arguments") or {}
+    if isinstance(arguments, str):
+        try:
+            arguments = json.loads(arguments)
+        except json.JSONDecodeError:
+            arguments = None
+    if not isinstance(arguments, Mapping):
+        raise bad_request(
+            f"{where}.function.arguments must be a JSON object (as a string)",
+            f"{where}.function.arguments",
+        )
+    if isinstance(call.get("id"), str):
+        called[call["id"]] = function["name"]
+    return call_text(function["name"], arguments)
+
+
+def _tool_result(message: ChatMessage, i: int, called: Mapping[str, str]) -> str:
+    """A ``tool`` message as the text of a user turn naming the tool that answered."""
+    if not called:
+        raise bad_request(
+            f"messages[{i}].role='tool' is not supported here: a tool message answers a tool "
+            "call of an earlier assistant message (its tool_calls)",
+            f"messages[{i}].role",
+            "unsupported",
+        )
+    if message.tool_call_id not in called:
+        raise bad_request(
+            f"messages[{i}].tool_call_id={message.tool_call_id!r} answers none of the earlier "
+            f"assistant messages' tool calls ({', '.join(map(repr, called))})",
+            f"messages[{i}].tool_call_id",
+        )
+    return result_text(called[message.tool_call_id], _text(message.content, i))
 
 
 def _text(content: str | list[dict[str, Any]] | None, i: int) -> str:

@@ -14,6 +14,12 @@ Token log-probs (``logprobs``) are in OpenAI's two shapes: chat's
 "refusal": null}`` and the legacy completions' ``{"tokens", "token_logprobs", "top_logprobs",
 "text_offset"}``. A streamed chunk's choice carries the entries of its own tokens (the writer's
 tokens whose text starts in that chunk), so a stream's entries joined are the whole answer's.
+
+With tools, a chat choice whose text is a call to one of them (:mod:`baco_integrations.tool_calls`)
+is answered in OpenAI's shape: ``message: {"role": "assistant", "content": null, "tool_calls":
+[{"id", "type": "function", "function": {"name", "arguments": <a JSON string>}}]}`` and
+``finish_reason: "tool_calls"``; its ``logprobs`` and ``baco`` block are those of the call's
+text (the JSON the models wrote).
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ from transformers import PreTrainedTokenizerBase
 from .._adapter import openai_logprobs, token_bytes
 from ..outputs import BacoOutput, TokenLogProb, Usage
 from ..render import source_spans
+from ..tool_calls import ToolCall, ToolSpec, parse_tool_call
 
 #: OpenAI's ``system_fingerprint``: which server configuration answered.
 FINGERPRINT = "baco-integrations"
@@ -133,22 +140,40 @@ def choice_logprobs(
     return (legacy or LegacyLogprobs()).add(entries)
 
 
+def tool_call(call: ToolCall) -> dict[str, Any]:
+    """A parsed call in OpenAI's shape (the arguments as a JSON string)."""
+    arguments = json.dumps(call.arguments, ensure_ascii=False)
+    return {
+        "id": call.id,
+        "type": "function",
+        "function": {"name": call.name, "arguments": arguments},
+    }
+
+
 def response(
     reply: Reply,
     outputs: Sequence[tuple[int, BacoOutput]],
     usage: Usage,
     tokenizer: PreTrainedTokenizerBase,
+    tools: Sequence[ToolSpec] = (),
 ) -> dict[str, Any]:
-    """A whole (non-streamed) response; ``outputs`` are ``(choice index, output)`` pairs."""
+    """A whole (non-streamed) response; ``outputs`` are ``(choice index, output)`` pairs. A
+    chat choice whose text is a call to one of ``tools`` is answered as ``tool_calls``."""
     choices = []
     for index, output in outputs:
         choice: dict[str, Any] = {"index": index}
+        finish_reason = output.finish_reason
         if reply.chat:
-            choice["message"] = {"role": "assistant", "content": output.text, "refusal": None}
+            message: dict[str, Any] = {"role": "assistant", "content": output.text, "refusal": None}
+            call = parse_tool_call(output.text, tools) if tools else None
+            if call is not None:
+                message |= {"content": None, "tool_calls": [tool_call(call)]}
+                finish_reason = "tool_calls"
+            choice["message"] = message
         else:
             choice["text"] = output.text
         choice["logprobs"] = choice_logprobs(reply.chat, output.logprobs)
-        choice["finish_reason"] = output.finish_reason
+        choice["finish_reason"] = finish_reason
         choice["baco"] = provenance(output, tokenizer)
         choices.append(choice)
     obj = "chat.completion" if reply.chat else "text_completion"

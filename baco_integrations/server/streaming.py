@@ -6,6 +6,14 @@ sends each piece of text as the engine delivers it, the choices of ``n`` interle
 were asked, each chunk's choice carries those of its own tokens (see :mod:`.responses`). With
 ``stream_options.include_usage`` an extra chunk with no choices carries the usage. The stream
 ends with ``data: [DONE]``, or with an error event if decoding failed mid-way.
+
+With tools, a chat choice whose text starts with ``{`` may be a call (with ``tool_choice``
+``"required"`` or a tool's name it always is): its pieces are held back until the choice ends.
+A call then comes in OpenAI's deltas, ``tool_calls: [{"index": 0, "id", "type": "function",
+"function": {"name", "arguments": ""}}]``, then ``[{"index": 0, "function": {"arguments":
+<the JSON string>}}]`` (with the call's log-probs), then ``finish_reason: "tool_calls"`` with the
+provenance; text that is not a call (cut by the token budget) goes out piece by piece as
+usual, only later. A reply of free text streams as it is written.
 """
 
 from __future__ import annotations
@@ -14,12 +22,14 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from transformers import PreTrainedTokenizerBase
 
 from ..decoding.request import DecodingCancelled
 from ..decoding.scheduler import EngineOverloaded
-from ..outputs import BacoChunk, BacoOutput, Usage
+from ..outputs import BacoChunk, BacoOutput, TokenLogProb, Usage
+from ..tool_calls import ToolCall, ToolSpec, parse_tool_call
 from .errors import error_body, logger, overloaded
 from .metrics import Metrics
 from .responses import (
@@ -31,6 +41,7 @@ from .responses import (
     provenance,
     sse,
     stream_choice,
+    tool_call,
 )
 
 #: A prompt's index in its request, and one chunk of its stream.
@@ -50,6 +61,8 @@ class StreamContext:
     retry_after_s: int
     #: ``time.perf_counter()`` when the request arrived (time to first token).
     started: float
+    #: The tools a chat reply may call (empty: every reply is text).
+    tools: tuple[ToolSpec, ...] = ()
 
 
 async def events(context: StreamContext, pieces: AsyncIterator[Piece]) -> AsyncIterator[str]:
@@ -59,7 +72,24 @@ async def events(context: StreamContext, pieces: AsyncIterator[Piece]) -> AsyncI
     outputs: dict[int, list[BacoOutput]] = {}
     #: The legacy log-probs of each choice (their text offsets run on across its chunks).
     legacy: dict[int, LegacyLogprobs] = {}
+    #: With tools: each choice's pieces held back while it may be a call (None once its
+    #: text is known not to be one).
+    held: dict[int, list[BacoChunk] | None] = {}
     waiting_first = True
+
+    def text_event(index: int, piece: BacoChunk) -> str:
+        if piece.output is not None:
+            baco = provenance(piece.output, context.tokenizer)
+        else:
+            baco = {"source": piece.source}
+        if piece.logprobs is not None and not reply.chat and index not in legacy:
+            legacy[index] = LegacyLogprobs()
+        logprobs = choice_logprobs(reply.chat, piece.logprobs, legacy.get(index))
+        choice = stream_choice(
+            reply, index, piece.text, piece.finish_reason, baco=baco, logprobs=logprobs
+        )
+        return sse(chunk(reply, [choice], include_usage=include_usage))
+
     try:
         if reply.chat:
             for index in range(context.prompts * context.n):
@@ -72,16 +102,25 @@ async def events(context: StreamContext, pieces: AsyncIterator[Piece]) -> AsyncI
             index = prompt_index * context.n + piece.sample_index
             if piece.output is not None:
                 outputs.setdefault(prompt_index, []).append(piece.output)
-                baco = provenance(piece.output, context.tokenizer)
-            else:
-                baco = {"source": piece.source}
-            if piece.logprobs is not None and not reply.chat and index not in legacy:
-                legacy[index] = LegacyLogprobs()
-            logprobs = choice_logprobs(reply.chat, piece.logprobs, legacy.get(index))
-            choice = stream_choice(
-                reply, index, piece.text, piece.finish_reason, baco=baco, logprobs=logprobs
-            )
-            yield sse(chunk(reply, [choice], include_usage=include_usage))
+            if context.tools and reply.chat and index not in held and piece.text:
+                held[index] = [] if piece.text.startswith("{") else None
+            waiting = held.get(index)
+            if waiting is None:
+                yield text_event(index, piece)
+                continue
+            waiting.append(piece)
+            if piece.output is None:
+                continue
+            del held[index]  # the choice has ended
+            call = parse_tool_call(piece.output.text, context.tools)
+            if call is None:
+                for each in waiting:
+                    yield text_event(index, each)
+                continue
+            entries = [e for each in waiting for e in each.logprobs or ()]
+            logprobs = None if piece.output.logprobs is None else entries
+            for choice in call_choices(context, index, call, piece.output, logprobs):
+                yield sse(chunk(reply, [choice], include_usage=include_usage))
         usage = sum((Usage.of(call) for call in outputs.values()), Usage())
         finished = [output for call in outputs.values() for output in call]
         context.metrics.finished(finished, usage.prompt_tokens)
@@ -97,6 +136,42 @@ async def events(context: StreamContext, pieces: AsyncIterator[Piece]) -> AsyncI
         yield sse(error_body("decoding failed", type="server_error", code="internal_error"))
     finally:
         await pieces.aclose()  # type: ignore[attr-defined]
+
+
+def call_choices(
+    context: StreamContext,
+    index: int,
+    call: ToolCall,
+    output: BacoOutput,
+    logprobs: list[TokenLogProb] | None,
+) -> list[dict[str, Any]]:
+    """A finished choice that is a call, as OpenAI streams one: the call's id and name, its
+    arguments (with the log-probs of the call's tokens), then the finish and provenance."""
+    whole = tool_call(call)
+    opening = {**whole, "index": 0, "function": {"name": call.name, "arguments": ""}}
+    arguments = {"index": 0, "function": {"arguments": whole["function"]["arguments"]}}
+    finish = {
+        "index": index,
+        "delta": {},
+        "logprobs": None,
+        "finish_reason": "tool_calls",
+        "baco": provenance(output, context.tokenizer),
+    }
+    return [
+        {
+            "index": index,
+            "delta": {"tool_calls": [opening]},
+            "logprobs": None,
+            "finish_reason": None,
+        },
+        {
+            "index": index,
+            "delta": {"tool_calls": [arguments]},
+            "logprobs": None if logprobs is None else choice_logprobs(True, logprobs),
+            "finish_reason": None,
+        },
+        finish,
+    ]
 
 
 async def merged(streams: Sequence[AsyncIterator[BacoChunk]]) -> AsyncIterator[Piece]:
