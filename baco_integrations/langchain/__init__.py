@@ -5,5 +5,6 @@ Both wrap a :class:`~baco_integrations.BacoEngine`; neither decodes anything its
 
 from .chat_models import ChatBaco
 from .llms import BacoLLM
+from .tools import BacoBrainstormTool
 
-__all__ = ["BacoLLM", "ChatBaco"]
+__all__ = ["BacoBrainstormTool", "BacoLLM", "ChatBaco"]

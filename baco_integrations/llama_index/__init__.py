@@ -4,5 +4,6 @@ It wraps a :class:`~baco_integrations.BacoEngine` and decodes nothing itself.
 """
 
 from .base import BacoLLM, to_conversation
+from .tools import BacoToolSpec
 
-__all__ = ["BacoLLM", "to_conversation"]
+__all__ = ["BacoLLM", "BacoToolSpec", "to_conversation"]

@@ -542,3 +542,15 @@ def test_default_threshold_on_the_packaged_minilm() -> None:
     )
     ideas = brainstorm(engine, "a coffee shop", 2)
     assert [i["idea"] for i in ideas] == [NEAR_DUPLICATES[1][0], DISTINCT["a coffee shop"][3]]
+
+
+def test_the_core_imports_neither_framework() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, baco_integrations.brainstorm; "
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'langchain_core', 'llama_index'}))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
