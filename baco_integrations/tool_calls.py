@@ -131,7 +131,8 @@ def tools_prompt(tools: Sequence[ToolSpec], choice: str) -> str:
     if not tools or choice == "none":
         return ""
     listed = "\n".join(
-        json.dumps({"name": t.name, "description": t.description, "parameters": t.parameters})
+        f"- {t.name}: {t.description.strip()} Arguments: "
+        + json.dumps(_untitled(t.parameters), separators=(",", ":"), ensure_ascii=False)
         for t in tools
     )
     how = (
@@ -141,6 +142,16 @@ def tools_prompt(tools: Sequence[ToolSpec], choice: str) -> str:
         else 'Reply with only a JSON object {"name": <tool name>, "arguments": {...}}.'
     )
     return f"You can use these tools:\n{listed}\n{how}"
+
+
+def _untitled(schema: Any) -> Any:
+    """``schema`` without its ``title`` entries (pydantic and LlamaIndex add one to every
+    object and field): the prompt is read by small models with small context windows."""
+    if isinstance(schema, list):
+        return [_untitled(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    return {k: _untitled(v) for k, v in schema.items() if k != "title" or not isinstance(v, str)}
 
 
 def parse_tool_call(text: str, tools: Sequence[ToolSpec]) -> ToolCall | None:

@@ -31,6 +31,8 @@ from llama_index.core.base.llms.types import (
 from llama_index.core.constants import DEFAULT_CONTEXT_WINDOW
 from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_callback
 from llama_index.core.llms.custom import CustomLLM
+from llama_index.core.llms.function_calling import FunctionCallingLLM
+from llama_index.core.llms.llm import ToolSelection
 from llama_index.core.prompts import PromptTemplate
 from pydantic import BaseModel, ConfigDict, ValidationError
 
@@ -46,9 +48,18 @@ from ..constraints import Constraint
 from ..conversation import ROLE_ALIASES, Role, canonical_role, merge_turns
 from ..outputs import BacoChunk, BacoOutput, TokenLogProb, Usage, base_fraction
 from ..prompts import Prompt
+from .tool_calling import (
+    BoundTools,
+    call_names,
+    chat_with_tools_kwargs,
+    tool_call_response,
+    tool_selections,
+    tool_turn,
+)
 
 if TYPE_CHECKING:
     from llama_index.core.llms.structured_llm import StructuredLLM
+    from llama_index.core.tools import BaseTool
 
 Model = TypeVar("Model", bound=BaseModel)
 
@@ -63,16 +74,14 @@ _TEXT_BLOCKS = (TextBlock, *_SKIPPED_BLOCKS)
 
 
 def _turn(message: ChatMessage) -> tuple[Role, str]:
-    """``message`` as a ``(role, text)`` turn; tool messages and non-text content raise."""
+    """``message`` as a ``(role, text)`` turn; unknown roles and non-text content raise."""
     role = canonical_role(message.role.value)
     if role is None:
         readable = sorted(r.value for r in MessageRole if r.value in ROLE_ALIASES)
         raise ValueError(
-            f"BacoLLM does not support {message.role.value!r} messages (no tool calling); "
-            f"use the roles {', '.join(readable)}"
+            f"BacoLLM does not support {message.role.value!r} messages; use the roles "
+            f"{', '.join(readable)} (and tool, after a call)"
         )
-    if message.additional_kwargs.get("tool_calls"):
-        raise ValueError("BacoLLM does not support tool calling: a message carries tool_calls")
     for block in message.blocks:
         if not isinstance(block, _TEXT_BLOCKS):
             raise ValueError(
@@ -88,11 +97,13 @@ def to_conversation(messages: Sequence[ChatMessage]) -> list[dict[str, str]]:
     System/developer, user and assistant (model, chatbot) messages map to ``system``,
     ``user`` and ``assistant``. Consecutive messages of one role are joined
     (:func:`~baco_integrations.conversation.merge_turns`): LlamaIndex puts
-    ``LLM.system_prompt`` in front of a template's own system message. Tool messages, tool
-    calls and non-text content are rejected: the models read text and BacoLLM does no tool
-    calling.
+    ``LLM.system_prompt`` in front of a template's own system message. An assistant message's
+    tool calls are the JSON the models wrote for them and a tool's reply is a user turn naming
+    the tool (:mod:`.tool_calling`); non-text content is rejected: the models read text.
     """
-    return merge_turns(_turn(message) for message in messages)
+    names = call_names(messages)
+    turns = [tool_turn(m, names) or _turn(m) for m in messages]
+    return merge_turns(turns)  # type: ignore[arg-type]
 
 
 def token_logprobs(entry: TokenLogProb) -> list[LogProb]:
@@ -193,6 +204,31 @@ class _RunningResponse:
         )
 
 
+def _with_call(response: ChatResponse, tools: BoundTools | None) -> ChatResponse:
+    """``response``, or its call to one of ``tools`` when its text is one."""
+    if tools is None or (call := tools.call(response.message.content or "")) is None:
+        return response
+    return tool_call_response(response, call)
+
+
+class _CallBuffer:
+    """Streamed chat responses, held back while they may be a tool call: a reply that starts
+    with ``{`` under tools comes out as one response holding the call at its end (or as its
+    text, if the token budget cut the call short)."""
+
+    def __init__(self, tools: BoundTools | None) -> None:
+        self.tools = tools
+        self.holding: bool | None = None if tools is not None else False
+
+    def push(self, response: ChatResponse) -> ChatResponse | None:
+        if self.holding is None and response.message.content:
+            self.holding = response.message.content.startswith("{")
+        finished = "finish_reason" in response.additional_kwargs
+        if not self.holding or not finished:
+            return None if self.holding else response
+        return _with_call(response, self.tools)
+
+
 def _chat_response(response: CompletionResponse) -> ChatResponse:
     """The chat form of a completion response: same text, delta and metadata."""
     return ChatResponse(
@@ -204,7 +240,7 @@ def _chat_response(response: CompletionResponse) -> ChatResponse:
     )
 
 
-class BacoLLM(EngineSettings, CustomLLM):
+class BacoLLM(EngineSettings, CustomLLM, FunctionCallingLLM):
     """A base model and its aligned counterpart writing one response together (BACO).
 
     Every router and sampling setting of :class:`~baco_integrations.GenerationSettings` is a
@@ -243,6 +279,12 @@ class BacoLLM(EngineSettings, CustomLLM):
     the reply is valid JSON for it by construction instead of free text that may not parse.
     Any call also takes ``constraint=`` (``llm.complete(prompt, constraint=Idea, n=8)`` gives
     8 samples, each valid JSON for ``Idea``, in ``additional_kwargs["samples"]``).
+
+    Function calling (a ``FunctionCallingLLM``, so ``FunctionAgent`` and ``predict_and_call``
+    use it): :meth:`chat_with_tools` decodes under a grammar of "free text or a call to one of
+    these tools with valid arguments" (``tool_required=True`` or ``tool_choice="required"``/a
+    tool's name: only calls); a call comes back as a ``ToolCallBlock`` that
+    :meth:`get_tool_calls_from_response` reads. One call per reply (docs/agents.md).
     """
 
     model_config = ConfigDict(
@@ -273,7 +315,7 @@ class BacoLLM(EngineSettings, CustomLLM):
             context_window=self.engine.context_window or DEFAULT_CONTEXT_WINDOW,
             num_output=self.max_new_tokens,
             is_chat_model=bool(getattr(self.engine.aligned_tokenizer, "chat_template", None)),
-            is_function_calling_model=False,
+            is_function_calling_model=True,
             model_name=self.model_name,
         )
 
@@ -367,24 +409,30 @@ class BacoLLM(EngineSettings, CustomLLM):
     def _stream_chat(
         self, messages: Sequence[ChatMessage], kwargs: Mapping[str, Any]
     ) -> ChatResponseGen:
-        responses = self._stream(to_conversation(messages), self._call_settings(kwargs))
+        conversation, settings, tools = self._chat_call(messages, kwargs)
+        responses = self._stream(conversation, settings)
 
         def generate() -> ChatResponseGen:
+            calls = _CallBuffer(tools)
             with closing(responses):
                 for response in responses:
-                    yield _chat_response(response)
+                    if (reply := calls.push(_chat_response(response))) is not None:
+                        yield reply
 
         return generate()
 
     def _astream_chat(
         self, messages: Sequence[ChatMessage], kwargs: Mapping[str, Any]
     ) -> ChatResponseAsyncGen:
-        responses = self._astream(to_conversation(messages), self._call_settings(kwargs))
+        conversation, settings, tools = self._chat_call(messages, kwargs)
+        responses = self._astream(conversation, settings)
 
         async def generate() -> ChatResponseAsyncGen:
+            calls = _CallBuffer(tools)
             async with aclosing(responses):  # type: ignore[type-var]
                 async for response in responses:
-                    yield _chat_response(response)
+                    if (reply := calls.push(_chat_response(response))) is not None:
+                        yield reply
 
         return generate()
 
@@ -422,11 +470,23 @@ class BacoLLM(EngineSettings, CustomLLM):
 
     # ----------------------------------------------------------------- chat
 
+    def _chat_call(
+        self, messages: Sequence[ChatMessage], kwargs: Mapping[str, Any]
+    ) -> tuple[list[dict[str, str]], GenerationSettings, BoundTools | None]:
+        """A chat call's conversation and settings, with its tools (``tools=`` in OpenAI's
+        shape and ``tool_choice=``, as :meth:`chat_with_tools` passes them)."""
+        kwargs = dict(kwargs)
+        tools = BoundTools.pop(kwargs)
+        conversation, settings = to_conversation(messages), self._call_settings(kwargs)
+        if tools is None:
+            return conversation, settings, None
+        return tools.conversation(conversation), tools.settings(settings), tools
+
     @llm_chat_callback()
     def chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
         """Reply to a conversation, passed to the engine as is (not via messages_to_prompt)."""
-        conversation = to_conversation(messages)
-        return _chat_response(self._generate(conversation, self._call_settings(kwargs)))
+        conversation, settings, tools = self._chat_call(messages, kwargs)
+        return _with_call(_chat_response(self._generate(conversation, settings)), tools)
 
     @llm_chat_callback()
     def stream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseGen:
@@ -436,9 +496,8 @@ class BacoLLM(EngineSettings, CustomLLM):
     @llm_chat_callback()
     async def achat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
         """Async :meth:`chat`; the event loop is never blocked."""
-        conversation = to_conversation(messages)
-        settings = self._call_settings(kwargs)
-        return _chat_response(await self._agenerate(conversation, settings))
+        conversation, settings, tools = self._chat_call(messages, kwargs)
+        return _with_call(_chat_response(await self._agenerate(conversation, settings)), tools)
 
     @llm_chat_callback()
     async def astream_chat(
@@ -446,6 +505,29 @@ class BacoLLM(EngineSettings, CustomLLM):
     ) -> ChatResponseAsyncGen:
         """Async :meth:`stream_chat`; errors raise here, at the call."""
         return self._astream_chat(messages, kwargs)
+
+    # ----------------------------------------------------------------- function calling
+
+    def _prepare_chat_with_tools(
+        self,
+        tools: Sequence[BaseTool],
+        user_msg: str | ChatMessage | None = None,
+        chat_history: list[ChatMessage] | None = None,
+        verbose: bool = False,
+        allow_parallel_tool_calls: bool = False,
+        tool_required: bool = False,
+        **kwargs: Any,
+    ) -> dict[str, Any]:
+        """:meth:`chat`'s arguments for a call with ``tools`` (at most one call per reply,
+        whatever ``allow_parallel_tool_calls`` says)."""
+        return chat_with_tools_kwargs(tools, user_msg, chat_history, tool_required, kwargs)
+
+    def get_tool_calls_from_response(
+        self, response: ChatResponse, error_on_no_tool_call: bool = True, **kwargs: Any
+    ) -> list[ToolSelection]:
+        """The tool calls a :meth:`chat_with_tools` response holds (none raises
+        ``ValueError`` unless ``error_on_no_tool_call=False``)."""
+        return tool_selections(response, error_on_no_tool_call)
 
     # ----------------------------------------------------------------- structured output
 

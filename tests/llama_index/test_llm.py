@@ -125,7 +125,7 @@ def test_metadata_reports_the_pair(llm: BacoLLM, engine: BacoEngine) -> None:
     assert metadata.context_window == engine.context_window == 512
     assert metadata.num_output == llm.max_new_tokens == 8
     assert metadata.is_chat_model is True  # the aligned tokenizer has a chat template
-    assert metadata.is_function_calling_model is False
+    assert metadata.is_function_calling_model is True  # chat_with_tools, FunctionAgent
     names = engine.model_names
     assert metadata.model_name == f"baco:{names['base']}+{names['aligned']}"
     assert llm.model_names == names
@@ -299,8 +299,8 @@ def test_to_conversation_merges_roles_and_rejects_what_it_cannot_read() -> None:
         {"role": "system", "content": "A.\n\nB."},
         {"role": "user", "content": "Hi"},
     ]
-    with pytest.raises(ValueError, match="tool"):
-        to_conversation([ChatMessage(role="tool", content="42")])
+    with pytest.raises(ValueError, match="'function' messages"):
+        to_conversation([ChatMessage(role="function", content="42")])
     with pytest.raises(ValueError, match="ImageBlock"):
         to_conversation([ChatMessage(role="user", blocks=[ImageBlock(url="http://x/y.png")])])
     with pytest.raises(ValueError, match="at least one"):
