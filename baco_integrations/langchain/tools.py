@@ -59,8 +59,9 @@ class BacoBrainstormTool(BaseTool):
     ideas it raises :class:`~langchain_core.tools.ToolException` whose message holds the
     ideas found (its ``__cause__`` is the core's
     :class:`~baco_integrations.brainstorm.NotEnoughIdeas`, with them as ``.ideas``); set
-    ``handle_tool_error=True`` to hand that message to the caller instead of raising (an
-    agent's ToolNode does that itself).
+    ``handle_tool_error=True`` to return that message instead (an error ``ToolMessage``),
+    which is what an agent should get: LangGraph's ToolNode re-raises a tool's errors other
+    than bad arguments.
 
     Fields: ``idea_schema`` (a JSON schema or pydantic model class: every call's ideas follow
     it unless the call gives its own), ``embedder`` (default: the packaged all-MiniLM-L6-v2,
