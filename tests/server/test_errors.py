@@ -64,7 +64,7 @@ def error_of(answer: httpx.Response, status: int) -> dict[str, Any]:
         ({"logprobs": "yes"}, "logprobs", "valid boolean"),
         ({"top_logprobs": 2}, "top_logprobs", "needs logprobs=True"),
         ({"logprobs": True, "top_logprobs": 21}, "top_logprobs", "less than or equal to 20"),
-        ({"tools": [{"type": "function"}]}, "tools", "no tool calling"),
+        ({"tools": [{"type": "function"}]}, "tools[0].function", "must be an object"),
         ({"response_format": {"type": "xml"}}, "response_format.type", "not supported"),
         (
             {"response_format": {"type": "json_schema", "json_schema": {"name": "x"}}},

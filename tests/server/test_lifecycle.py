@@ -245,7 +245,7 @@ def test_metrics(engine: BacoEngine, test_config: ServerConfig) -> None:
     assert 2 <= metric(text, "baco_engine_prefill_rounds") <= load.prefill_rounds
     assert metric(text, "baco_engine_steps") >= 2 * (usage["completion_tokens"] - 1)
     for model in ("base", "aligned"):
-        assert 2 <= metric(text, f"baco_engine_{model}_forward_passes")
+        assert metric(text, f"baco_engine_{model}_forward_passes") >= 2
 
 
 def test_no_cors_unless_asked(engine: BacoEngine, test_config: ServerConfig) -> None:
