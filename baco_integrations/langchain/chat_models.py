@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import builtins
 from collections.abc import AsyncIterator, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import aclosing, closing
+from contextvars import copy_context
 from typing import Any, Literal
 
 from langchain_core.callbacks import (
@@ -24,13 +27,15 @@ from langchain_core.messages import (
 )
 from langchain_core.messages.ai import UsageMetadata
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult, LLMResult
-from langchain_core.runnables import Runnable
+from langchain_core.runnables import Runnable, RunnableConfig
+from langchain_core.runnables.config import get_config_list
 from pydantic import ConfigDict
 
 from .._adapter import PROVIDER, check_streamable, mean_logprobs, openai_logprobs
 from ..config import GenerationSettings
 from ..conversation import ROLE_ALIASES, Role, canonical_role, merge_turns
 from ..outputs import BacoChunk, BacoOutput, Usage
+from . import _batch
 from ._common import BacoSettingsMixin
 from .structured import constraint_for, structured_output
 from .tool_calling import (
@@ -255,6 +260,115 @@ class ChatBaco(BacoSettingsMixin, BaseChatModel):
 
     # ----------------------------------------------------------------- entry points
 
+    def batch(
+        self,
+        inputs: list[LanguageModelInput],
+        config: RunnableConfig | list[RunnableConfig] | None = None,
+        *,
+        return_exceptions: bool = False,
+        **kwargs: Any,
+    ) -> list[Any]:
+        """Reply to every input, all decoded in one engine call.
+
+        Each input runs LangChain's own ``invoke`` (its run and callbacks, its config, the
+        cache), all at once, one thread per input (not a pool sized by the machine's cores);
+        their conversations then reach the engine together (:mod:`._batch`). Each reply is
+        the one its ``invoke`` alone gives (the same seed, the same text). With
+        ``max_concurrency`` in the config, the inputs go in consecutive sub-batches of at
+        most that many, as ``BaseLLM.batch`` does; without, in sub-batches as wide as one
+        engine call may be (``EngineLimits.max_rows``, 1024 by default).
+        ``return_exceptions=True`` returns each failed input's exception in its place.
+        """
+        if not inputs:
+            return []
+        configs, width = self._batch_configs(inputs, config)
+        if len(inputs) > width:
+            return [
+                output
+                for start in range(0, len(inputs), width)
+                for output in self.batch(
+                    inputs[start : start + width],
+                    configs[start : start + width],
+                    return_exceptions=return_exceptions,
+                    **kwargs,
+                )
+            ]
+        if len(inputs) == 1:
+            return super().batch(inputs, configs, return_exceptions=return_exceptions, **kwargs)
+        rendezvous = _batch.Rendezvous(self.engine, len(inputs))
+
+        def reply(index: int) -> AIMessage | Exception:
+            _batch.enter(rendezvous, index)
+            try:
+                return self.invoke(inputs[index], configs[index], **kwargs)
+            except Exception as error:
+                if return_exceptions:
+                    return error
+                raise
+            finally:
+                rendezvous.leave(index)
+
+        with ThreadPoolExecutor(len(inputs), thread_name_prefix="baco-batch") as pool:
+            replies = [pool.submit(copy_context().run, reply, i) for i in range(len(inputs))]
+            return [future.result() for future in replies]
+
+    async def abatch(
+        self,
+        inputs: list[LanguageModelInput],
+        config: RunnableConfig | list[RunnableConfig] | None = None,
+        *,
+        return_exceptions: bool = False,
+        **kwargs: Any,
+    ) -> list[Any]:
+        """Async :meth:`batch`: one task per input, all decoded in one engine call (the
+        engine's own async call: the event loop never blocks)."""
+        if not inputs:
+            return []
+        configs, width = self._batch_configs(inputs, config)
+        if len(inputs) > width:
+            return [
+                output
+                for start in range(0, len(inputs), width)
+                for output in await self.abatch(
+                    inputs[start : start + width],
+                    configs[start : start + width],
+                    return_exceptions=return_exceptions,
+                    **kwargs,
+                )
+            ]
+        if len(inputs) == 1:
+            return await super().abatch(
+                inputs, configs, return_exceptions=return_exceptions, **kwargs
+            )
+        rendezvous = _batch.AsyncRendezvous(self.engine, len(inputs))
+
+        async def reply(index: int) -> AIMessage | Exception:
+            _batch.enter(rendezvous, index)  # in this task's own context
+            try:
+                return await self.ainvoke(inputs[index], configs[index], **kwargs)
+            except Exception as error:
+                if return_exceptions:
+                    return error
+                raise
+            finally:
+                rendezvous.leave(index)
+
+        return list(await asyncio.gather(*(reply(i) for i in range(len(inputs)))))
+
+    def _batch_configs(
+        self,
+        inputs: list[LanguageModelInput],
+        config: RunnableConfig | list[RunnableConfig] | None,
+    ) -> tuple[list[RunnableConfig], int]:
+        """Each input's config, and the most inputs decoded together: ``max_concurrency``
+        when the config sets it (the sub-batches' configs then no longer do), else as many
+        as one engine call takes (:func:`._batch.batch_width`)."""
+        configs = get_config_list(config, len(inputs))
+        width = configs[0].get("max_concurrency")
+        if width is None:
+            return configs, _batch.batch_width(self.engine)
+        return [{**c, "max_concurrency": None} for c in configs], width
+
     def generate(
         self,
         messages: list[list[BaseMessage]],
@@ -301,7 +415,7 @@ class ChatBaco(BacoSettingsMixin, BaseChatModel):
         **kwargs: Any,
     ) -> ChatResult:
         conversation, settings, tools = self._call(messages, stop, kwargs)
-        return self._result(self.engine.generate([conversation], settings=settings)[0], tools)
+        return self._result(_batch.generate(self.engine, conversation, settings), tools)
 
     async def _agenerate(
         self,
@@ -313,8 +427,7 @@ class ChatBaco(BacoSettingsMixin, BaseChatModel):
         conversation, settings, tools = self._call(messages, stop, kwargs)  # fail fast
         # The engine's own async call: no thread, and cancelling this task takes the call's
         # rows out of the engine's batch at once.
-        outputs = await self.engine.agenerate([conversation], settings=settings)
-        return self._result(outputs[0], tools)
+        return self._result(await _batch.agenerate(self.engine, conversation, settings), tools)
 
     def _stream(
         self,
@@ -323,6 +436,7 @@ class ChatBaco(BacoSettingsMixin, BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
+        _batch.release(self.engine, _batch.Rendezvous)  # a batch input that streams
         conversation, settings, tools = self._call(messages, stop, kwargs)
         check_streamable(settings)
         chunks = self.engine.stream(conversation, settings=settings)
@@ -343,6 +457,7 @@ class ChatBaco(BacoSettingsMixin, BaseChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
+        _batch.release(self.engine, _batch.AsyncRendezvous)  # a batch input that streams
         conversation, settings, tools = self._call(messages, stop, kwargs)
         check_streamable(settings)
         chunks = self.engine.astream(conversation, settings=settings)
