@@ -170,7 +170,7 @@ def test_threads_wait_their_turn(engine: BacoEngine) -> None:
 
 
 def test_chat_batch_with_max_concurrency(engine: BacoEngine) -> None:
-    """ChatBaco.batch runs invokes in a thread pool; they share the engine's decoding steps."""
+    """ChatBaco.batch with max_concurrency decodes sub-batches; replies are as alone."""
     chat = ChatBaco(engine=engine, max_new_tokens=10, seed=7)
     prompts = ["Hello", "Hey", "Name a cat", "Ideas for a party"]
     alone = [chat.invoke(p).content for p in prompts]
@@ -179,8 +179,8 @@ def test_chat_batch_with_max_concurrency(engine: BacoEngine) -> None:
 
 
 def test_chat_batch_shares_decoding_steps(engine: BacoEngine) -> None:
-    """Eight prompts in one ChatBaco.batch join one running batch: far fewer steps than eight
-    calls one after another, and each reply as it is alone."""
+    """Eight prompts in one ChatBaco.batch are decoded together: far fewer steps than eight
+    calls one after another, and each reply as it is alone (test_chat_batch.py: one call)."""
     chat = ChatBaco(engine=engine, max_new_tokens=12, seed=3, router="random")
     prompts = [f"Idea number {i}" for i in range(8)]
     alone = [chat.invoke(p).content for p in prompts]
