@@ -47,7 +47,9 @@ __all__ = [
     "DEFAULT_MAX_ROUNDS",
     "DEFAULT_PROMPT",
     "DEFAULT_THRESHOLD",
+    "DESCRIPTION",
     "MAX_IDEAS",
+    "MAX_TOPIC_CHARS",
     "BrainstormArgs",
     "IdeaSchema",
     "NotEnoughIdeas",
@@ -70,6 +72,9 @@ DEFAULT_THRESHOLD = 0.65
 DEFAULT_MAX_ROUNDS = 4
 #: Most ideas one tool call may ask for.
 MAX_IDEAS = 20
+#: Longest topic a tool call may give (a topic, not a document; a bound also keeps a small
+#: model's tool call from running past its token budget).
+MAX_TOPIC_CHARS = 300
 #: Each round asks for the missing ideas plus this share of them (rounded up, at least one),
 #: so that a near-duplicate or two rarely costs a round.
 OVERSAMPLE = 0.25
@@ -80,6 +85,16 @@ _JSON_FORM = "Answer with the idea only, as one JSON object matching this JSON s
 
 #: What an idea's structure may be given as: a JSON schema or a pydantic model class.
 IdeaSchema = Mapping[str, Any] | type[BaseModel]
+
+#: What an agent's model reads about a brainstorm tool (both frameworks').
+DESCRIPTION = (
+    "Return n semantically distinct ideas about a topic (near-duplicates are dropped), each "
+    "with base_fraction, the share of its words the base model wrote. The ideas are written "
+    "by a base and an aligned language model together (BACO) for diversity: use this tool "
+    "when you need several different candidates (names, plans, angles) rather than one "
+    "answer. Give idea_schema (a JSON schema) to get each idea as a JSON object of that "
+    "schema instead of a sentence."
+)
 
 #: Router names as the tools' argument schema lists them (any case is accepted by the engine).
 RouterName = Literal[ROUTER_NAMES]  # type: ignore[valid-type]
@@ -92,6 +107,7 @@ class BrainstormArgs(BaseModel):
 
     topic: str = Field(
         min_length=1,
+        max_length=MAX_TOPIC_CHARS,
         description="What to brainstorm about, e.g. 'names for a bakery' or 'a team offsite'.",
     )
     n: int = Field(default=5, ge=1, le=MAX_IDEAS, description="How many distinct ideas to return.")
@@ -119,7 +135,7 @@ class BrainstormArgs(BaseModel):
         "(instead of gamma).",
     )
     temperature: float | None = Field(
-        default=None, ge=0.0, description="Optional sampling temperature."
+        default=None, ge=0.0, le=2.0, description="Optional sampling temperature, 0 to 2."
     )
 
     @property

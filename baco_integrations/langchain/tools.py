@@ -17,6 +17,7 @@ from ..brainstorm import (
     DEFAULT_MAX_ROUNDS,
     DEFAULT_PROMPT,
     DEFAULT_THRESHOLD,
+    DESCRIPTION,
     BrainstormArgs,
     IdeaSchema,
     NotEnoughIdeas,
@@ -25,17 +26,7 @@ from ..brainstorm import (
     json_ready,
 )
 
-__all__ = ["BRAINSTORM_DESCRIPTION", "BacoBrainstormTool"]
-
-#: What an agent's model reads about the brainstorm tool.
-BRAINSTORM_DESCRIPTION = (
-    "Return n semantically distinct ideas about a topic (near-duplicates are dropped), each "
-    "with base_fraction, the share of its words the base model wrote. The ideas are written "
-    "by a base and an aligned language model together (BACO) for diversity: use this tool "
-    "when you need several different candidates (names, plans, angles) rather than one "
-    "answer. Give idea_schema (a JSON schema) to get each idea as a JSON object of that "
-    "schema instead of a sentence."
-)
+__all__ = ["BacoBrainstormTool"]
 
 
 def _not_enough(exc: NotEnoughIdeas) -> ToolException:
@@ -72,7 +63,7 @@ class BacoBrainstormTool(BaseTool):
     model_config = ConfigDict(arbitrary_types_allowed=True)
 
     name: str = "brainstorm"
-    description: str = BRAINSTORM_DESCRIPTION
+    description: str = DESCRIPTION
     args_schema: type[BaseModel] = BrainstormArgs
 
     llm: EngineSettings = Field(

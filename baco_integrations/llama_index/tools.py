@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from llama_index.core.tools.tool_spec.base import SPEC_FUNCTION_TYPE, BaseToolSpec
+from llama_index.core.tools.types import ToolMetadata
 from pydantic import BaseModel
 
 from .._adapter import EngineSettings
@@ -16,6 +17,7 @@ from ..brainstorm import (
     DEFAULT_MAX_ROUNDS,
     DEFAULT_PROMPT,
     DEFAULT_THRESHOLD,
+    DESCRIPTION,
     BrainstormArgs,
     IdeaSchema,
     abrainstorm,
@@ -71,6 +73,15 @@ class BacoToolSpec(BaseToolSpec):
         """The argument schema an agent's model sees: the same as LangChain's tool."""
         return BrainstormArgs if fn_name in _BRAINSTORM else None
 
+    def get_metadata_from_fn_name(
+        self, fn_name: str, spec_functions: list[SPEC_FUNCTION_TYPE] | None = None
+    ) -> ToolMetadata | None:
+        """The tool's name, description and argument schema, as LangChain's tool states them
+        (not LlamaIndex's default of the Python signature and docstring)."""
+        if fn_name not in _BRAINSTORM:
+            return None
+        return ToolMetadata(name="brainstorm", description=DESCRIPTION, fn_schema=BrainstormArgs)
+
     def _core_kwargs(self, tool_input: dict[str, Any]) -> dict[str, Any]:
         args = BrainstormArgs.model_validate(tool_input)
         return {
@@ -96,14 +107,11 @@ class BacoToolSpec(BaseToolSpec):
         base_share: float | None = None,
         temperature: float | None = None,
     ) -> list[dict[str, Any]]:
-        """Return n semantically distinct ideas about a topic (near-duplicates are dropped),
-        each as {"idea": ..., "base_fraction": ...}, base_fraction being the share of its
-        words the base model wrote. The ideas are written by a base and an aligned language
-        model together (BACO) for diversity: use this tool when you need several different
-        candidates (names, plans, angles) rather than one answer. Give idea_schema (a JSON
-        schema) to get each idea as a JSON object of that schema instead of a sentence.
-        Raises NotEnoughIdeas (its message and .ideas hold the ideas found) when repeated
-        sampling cannot find n distinct ideas."""
+        """``n`` semantically distinct ideas about ``topic``:
+        ``[{"idea": text | object, "base_fraction": float}, ...]`` as JSON values (arguments:
+        :class:`~baco_integrations.brainstorm.BrainstormArgs`). Raises
+        :class:`~baco_integrations.brainstorm.NotEnoughIdeas` (its message and ``.ideas`` hold
+        the ideas found) when ``max_rounds`` rounds of sampling find fewer."""
         kwargs = self._core_kwargs(
             {
                 "topic": topic,

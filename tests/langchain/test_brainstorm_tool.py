@@ -249,3 +249,49 @@ def test_bad_arguments_raise(engine: BacoEngine, calls: Calls, args: dict[str, A
 def test_llm_must_be_a_baco_model() -> None:
     with pytest.raises(ValidationError):
         BacoBrainstormTool(llm="not a model")
+
+
+@pytest.fixture(scope="module")
+def wide_engine(tmp_path_factory: pytest.TempPathFactory) -> BacoEngine:
+    """A tiny pair with a 2,048-token window: the tools' prompt (the tool's description and
+    argument schema) is longer than the default pair's 512 tokens."""
+    from baco_integrations.testing import make_tiny_pair
+
+    pair = make_tiny_pair(tmp_path_factory.mktemp("wide_pair"), max_position_embeddings=2048)
+    return BacoEngine.from_pretrained(pair.base_dir, pair.aligned_dir)
+
+
+def test_a_langgraph_agent_calls_the_brainstorm_tool(wide_engine: BacoEngine) -> None:
+    import warnings
+
+    from langchain_core.messages import AIMessage, HumanMessage
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from langgraph.prebuilt import create_react_agent
+
+    tool = BacoBrainstormTool(
+        llm=ChatBaco(engine=wide_engine, max_new_tokens=8, seed=0),
+        embedder=PairingEmbedder(),
+        handle_tool_error=True,
+    )
+    caller = ChatBaco(engine=wide_engine, max_new_tokens=256, seed=1)
+    answerer = ChatBaco(engine=wide_engine, max_new_tokens=16, seed=1)
+
+    def select(state: Any, runtime: Any) -> Any:
+        """The first turn must call the tool, the next one answers."""
+        if any(isinstance(m, ToolMessage) for m in state["messages"]):
+            return answerer.bind_tools([tool], tool_choice="none")
+        return caller.bind_tools([tool], tool_choice="required")
+
+    agent = create_react_agent(select, [tool])
+    state = agent.invoke({"messages": [HumanMessage("Brainstorm names for a bakery.")]})
+    messages = state["messages"]
+    calls = [m for m in messages if isinstance(m, AIMessage) and m.tool_calls]
+    results = [m for m in messages if isinstance(m, ToolMessage)]
+    assert calls and results
+    call = calls[0].tool_calls[0]
+    assert call["name"] == "brainstorm" and results[0].tool_call_id == call["id"]
+    if results[0].status == "success":  # the model's random arguments may be refused
+        assert len(json.loads(results[0].content)) == call["args"].get("n", 5)  # type: ignore[arg-type]
+    assert isinstance(messages[-1], AIMessage) and not messages[-1].tool_calls

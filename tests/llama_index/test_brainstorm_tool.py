@@ -159,3 +159,25 @@ def test_bad_arguments(llm: BacoLLM, engine_calls: Any, args: dict[str, Any]) ->
 def test_llm_must_be_a_baco_model() -> None:
     with pytest.raises(ValueError, match="BACO model"):
         BacoToolSpec(llm="not a model")  # type: ignore[arg-type]
+
+
+async def test_a_function_agent_calls_the_brainstorm_tool(wide_engine: BacoEngine) -> None:
+    from llama_index.core.agent.workflow import FunctionAgent
+    from llama_index.core.base.llms.types import ToolCallBlock
+
+    tools = BacoToolSpec(
+        llm=BacoLLM(engine=wide_engine, max_new_tokens=8, seed=0), embedder=PairingEmbedder()
+    ).to_tool_list()
+    llm = BacoLLM(engine=wide_engine, max_new_tokens=256, seed=1)
+    agent = FunctionAgent(tools=tools, llm=llm, initial_tool_choice="brainstorm")
+    handler = agent.run("Brainstorm names for a bakery.", max_iterations=6)
+    results = []
+    async for event in handler.stream_events():
+        if type(event).__name__ == "ToolCallResult":
+            results.append(event)
+    response = await handler
+    assert results and results[0].tool_name == "brainstorm"
+    output = results[0].tool_output
+    if not output.is_error:  # the model's random arguments may be refused
+        assert len(output.raw_output) == results[0].tool_kwargs.get("n", 5)
+    assert not any(isinstance(block, ToolCallBlock) for block in response.response.blocks)
