@@ -19,7 +19,10 @@ error is the failing input's only, as with separate ``invoke`` calls.
 from __future__ import annotations
 
 import asyncio
+import queue
 import threading
+from collections.abc import Callable
+from concurrent.futures import Future
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
@@ -207,6 +210,61 @@ class AsyncRendezvous(_Rendezvous):
             raise
         self.results.update(results)
         self._done[call[0]].set()
+
+
+class Workers:
+    """Threads for a batch's inputs: every job starts at once, on an idle thread or a new one
+    (never queued: the inputs of a rendezvous wait for each other, so each needs a thread of
+    its own). Threads are kept for the next batch, and end after ``idle_s`` idle; a new
+    thread per input would cost more than the inputs' own work on a small pair."""
+
+    def __init__(self, idle_s: float = 60.0) -> None:
+        self.idle_s = idle_s
+        self._lock = threading.Lock()
+        #: The inboxes of the threads waiting for a job, most recently idle last.
+        self._idle: list[queue.SimpleQueue[_Job]] = []
+
+    def run(self, fn: Callable[[], Any]) -> Future[Any]:
+        """Run ``fn`` on a thread now; its future."""
+        future: Future[Any] = Future()
+        with self._lock:
+            inbox = self._idle.pop() if self._idle else None
+        if inbox is None:
+            inbox = queue.SimpleQueue()
+            worker = threading.Thread(target=self._work, args=(inbox,), name="baco-batch")
+            worker.daemon = True
+            worker.start()
+        inbox.put((fn, future))
+        return future
+
+    def _work(self, inbox: queue.SimpleQueue[_Job]) -> None:
+        while True:
+            try:
+                fn, future = inbox.get(timeout=self.idle_s)
+            except queue.Empty:
+                with self._lock:
+                    if inbox in self._idle:  # else a job was just handed to this thread
+                        self._idle.remove(inbox)
+                        return
+                continue
+            try:
+                result, error = fn(), None
+            except BaseException as raised:
+                result, error = None, raised
+            with self._lock:  # idle again before the caller hears: its next batch reuses it
+                self._idle.append(inbox)
+            if error is None:
+                future.set_result(result)
+            else:
+                future.set_exception(error)
+            del fn, future, result, error
+
+
+#: A job for a worker: what to run, and the future to set.
+_Job = tuple[Callable[[], Any], "Future[Any]"]
+
+#: The threads every ``ChatBaco.batch`` runs its inputs on.
+WORKERS = Workers()
 
 
 @dataclass

@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 import builtins
 from collections.abc import AsyncIterator, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import wait
 from contextlib import aclosing, closing
 from contextvars import copy_context
+from functools import partial
 from typing import Any, Literal
 
 from langchain_core.callbacks import (
@@ -271,7 +272,7 @@ class ChatBaco(BacoSettingsMixin, BaseChatModel):
         """Reply to every input, all decoded in one engine call.
 
         Each input runs LangChain's own ``invoke`` (its run and callbacks, its config, the
-        cache), all at once, one thread per input (not a pool sized by the machine's cores);
+        cache), all at once, a thread per input (not a pool sized by the machine's cores);
         their conversations then reach the engine together (:mod:`._batch`). Each reply is
         the one its ``invoke`` alone gives (the same seed, the same text). With
         ``max_concurrency`` in the config, the inputs go in consecutive sub-batches of at
@@ -308,9 +309,11 @@ class ChatBaco(BacoSettingsMixin, BaseChatModel):
             finally:
                 rendezvous.leave(index)
 
-        with ThreadPoolExecutor(len(inputs), thread_name_prefix="baco-batch") as pool:
-            replies = [pool.submit(copy_context().run, reply, i) for i in range(len(inputs))]
-            return [future.result() for future in replies]
+        replies = [
+            _batch.WORKERS.run(partial(copy_context().run, reply, i)) for i in range(len(inputs))
+        ]
+        wait(replies)  # every input ends (its run, its callbacks) before the batch does
+        return [future.result() for future in replies]
 
     async def abatch(
         self,
