@@ -25,7 +25,7 @@ from langchain_core.prompts import ChatPromptTemplate
 from baco_integrations import BacoEngine
 from baco_integrations.config import GenerationSettings
 from baco_integrations.langchain import ChatBaco
-from baco_integrations.langchain._batch import _Entry, plan
+from baco_integrations.langchain._batch import Workers, _Entry, plan
 from baco_integrations.limits import EngineLimits
 from baco_integrations.testing import HANG_GUARD_S, DecodingGate
 
@@ -196,6 +196,24 @@ def test_calls_are_planned_by_settings_in_input_order() -> None:
     entries = {i: _Entry(f"p{i}", two if i % 2 else one) for i in range(7)}
     del entries[4]  # an input that handed nothing in (a cache hit, an error)
     assert plan(entries, max_rows=4) == [[0, 2, 6], [1, 3], [5]]
+
+
+def test_batches_reuse_their_threads(engine: BacoEngine) -> None:
+    chat = ChatBaco(engine=engine, **SETTINGS)
+    chat.batch(PROMPTS[:8])
+    before = {t for t in threading.enumerate() if t.name == "baco-batch"}
+    chat.batch(PROMPTS[:8])
+    after = {t for t in threading.enumerate() if t.name == "baco-batch"}
+    assert len(before) >= 8 and after <= before
+
+
+def test_idle_workers_end() -> None:
+    workers = Workers(idle_s=0.01)
+    first = workers.run(threading.current_thread).result()
+    with pytest.raises(ZeroDivisionError):
+        workers.run(lambda: 1 / 0).result()
+    first.join(HANG_GUARD_S)
+    assert not first.is_alive()
 
 
 # ------------------------------------------------------------------------ callbacks
