@@ -63,8 +63,11 @@ def langgraph_agent(chat: ChatBaco) -> list[BaseMessage]:
 async def function_agent(llm: BacoLLM) -> tuple[list[ToolCallResult], str]:
     """A LlamaIndex FunctionAgent on BacoLLM: its tool results and its answer."""
     lookup = FunctionTool.from_defaults(fn=seats, fn_schema=CafeQuery)
-    agent = FunctionAgent(tools=[lookup], llm=llm, initial_tool_choice="seats")
-    handler = agent.run(QUESTION, max_iterations=6)
+    # A small model may keep calling the tool: after a few turns the agent answers anyway.
+    agent = FunctionAgent(
+        tools=[lookup], llm=llm, initial_tool_choice="seats", early_stopping_method="generate"
+    )
+    handler = agent.run(QUESTION, max_iterations=4)
     results = [e async for e in handler.stream_events() if isinstance(e, ToolCallResult)]
     output = await handler
     return results, str(output.response.content or "")
