@@ -104,6 +104,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     for message in agent_messages(model, tool, args.topic, args.n):
         if isinstance(message, AIMessage) and message.tool_calls:
             print(f"call   : {message.tool_calls[0]['name']}({message.tool_calls[0]['args']})")
+        elif isinstance(message, ToolMessage) and message.status == "error":
+            print(f"tool   : {message.content!s:.300}")  # e.g. fewer distinct ideas than n
         elif isinstance(message, ToolMessage):
             for idea in json.loads(str(message.content)):
                 print(f"idea   : [{idea['base_fraction']:.0%} base] {idea['idea']!s:.120}")
