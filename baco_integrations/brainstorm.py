@@ -44,6 +44,7 @@ if TYPE_CHECKING:
     from .outputs import BacoOutput
 
 __all__ = [
+    "tool_call_kwargs",
     "DEFAULT_MAX_ROUNDS",
     "DEFAULT_PROMPT",
     "DEFAULT_THRESHOLD",
@@ -532,3 +533,22 @@ def json_ready(ideas: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
         else dict(idea)
         for idea in ideas
     ]
+
+
+def tool_call_kwargs(tool: Any, tool_input: Mapping[str, Any]) -> dict[str, Any]:
+    """:func:`brainstorm`'s keyword arguments for one call of a brainstorm tool: the call's
+    validated arguments over the tool's options (``llm``, whose engine and settings decode,
+    and ``idea_schema``, ``embedder``, ``threshold``, ``max_rounds``, ``prompt``)."""
+    args = BrainstormArgs.model_validate(dict(tool_input))
+    return {
+        "engine": tool.llm.engine,
+        "topic": args.topic,
+        "n": args.n,
+        "idea_schema": args.idea_schema if args.idea_schema is not None else tool.idea_schema,
+        "settings": tool.llm.generation_settings,
+        "embedder": tool.embedder,
+        "threshold": tool.threshold,
+        "max_rounds": tool.max_rounds,
+        "prompt": tool.prompt,
+        **args.routing,
+    }

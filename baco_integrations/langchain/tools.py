@@ -24,6 +24,7 @@ from ..brainstorm import (
     abrainstorm,
     brainstorm,
     json_ready,
+    tool_call_kwargs,
 )
 
 __all__ = ["BacoBrainstormTool"]
@@ -81,19 +82,7 @@ class BacoBrainstormTool(BaseTool):
     prompt: str = Field(default=DEFAULT_PROMPT, description="The request; has '{topic}'.")
 
     def _core_kwargs(self, tool_input: dict[str, Any]) -> dict[str, Any]:
-        args = BrainstormArgs.model_validate(tool_input)
-        return {
-            "engine": self.llm.engine,
-            "topic": args.topic,
-            "n": args.n,
-            "idea_schema": args.idea_schema if args.idea_schema is not None else self.idea_schema,
-            "settings": self.llm.generation_settings,
-            "embedder": self.embedder,
-            "threshold": self.threshold,
-            "max_rounds": self.max_rounds,
-            "prompt": self.prompt,
-            **args.routing,
-        }
+        return tool_call_kwargs(self, tool_input)
 
     def _run(
         self, run_manager: CallbackManagerForToolRun | None = None, **tool_input: Any
