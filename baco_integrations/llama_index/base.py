@@ -34,6 +34,7 @@ from llama_index.core.llms.custom import CustomLLM
 from llama_index.core.llms.function_calling import FunctionCallingLLM
 from llama_index.core.llms.llm import ToolSelection
 from llama_index.core.prompts import PromptTemplate
+from llama_index.core.types import PydanticProgramMode
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from .._adapter import (
@@ -295,6 +296,11 @@ class BacoLLM(EngineSettings, CustomLLM, FunctionCallingLLM):
         validate_assignment=True,
         protected_namespaces=(),
     )
+
+    #: Structured output decodes under the schema (the constraint path of structured_predict
+    #: below). LlamaIndex's default mode would pick a tool-calling program for a
+    #: function-calling LLM: a forced tool call around the same JSON, less direct.
+    pydantic_program_mode: PydanticProgramMode = PydanticProgramMode.LLM
 
     @classmethod
     def class_name(cls) -> str:
