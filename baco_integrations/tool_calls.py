@@ -36,6 +36,7 @@ __all__ = [
     "ToolSpec",
     "call_text",
     "check_tool_choice",
+    "opens_call",
     "result_text",
     "with_tools_prompt",
     "parse_tool_call",
@@ -45,6 +46,8 @@ __all__ = [
 
 #: The ``tool_choice`` words (OpenAI's); a tool's name forces that tool.
 TOOL_CHOICES = ("auto", "none", "required")
+#: What a call's text starts with (and free text under ``tool_choice="auto"`` cannot).
+CALL_START = "{"
 _NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
 
@@ -121,7 +124,8 @@ def tool_constraint(tools: Sequence[ToolSpec], choice: str) -> Constraint | None
         return None
     if choice == "auto":
         schema = json.dumps(_call_schema(tools))
-        return Constraint(lark=f"start: text | call\ntext: /[^{{][\\s\\S]*/\ncall: %json {schema}")
+        text = f"/[^{CALL_START}][\\s\\S]*/"  # free text: anything that opens no call
+        return Constraint(lark=f"start: text | call\ntext: {text}\ncall: %json {schema}")
     chosen = [tool for tool in tools if choice == "required" or tool.name == choice]
     return Constraint(json_schema=_call_schema(chosen))
 
@@ -154,9 +158,14 @@ def _untitled(schema: Any) -> Any:
     return {k: _untitled(v) for k, v in schema.items() if k != "title" or not isinstance(v, str)}
 
 
+def opens_call(text: str) -> bool:
+    """Whether a reply whose text begins with ``text`` is a call (streams hold it back)."""
+    return text.startswith(CALL_START)
+
+
 def parse_tool_call(text: str, tools: Sequence[ToolSpec]) -> ToolCall | None:
     """The call a reply holds (it starts with ``{`` and names one of ``tools``), else None."""
-    if not text.startswith("{"):
+    if not opens_call(text):
         return None
     try:
         value = json.loads(text)

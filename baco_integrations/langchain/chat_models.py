@@ -36,6 +36,7 @@ from .._adapter import PROVIDER, check_streamable, mean_logprobs, openai_logprob
 from ..config import GenerationSettings
 from ..conversation import ROLE_ALIASES, Role, canonical_role, merge_turns
 from ..outputs import BacoChunk, BacoOutput, Usage
+from ..tool_calls import opens_call
 from . import _batch
 from ._common import BacoSettingsMixin
 from .structured import constraint_for, structured_output
@@ -577,7 +578,7 @@ class _CallBuffer:
             return generation
         if not self.started and chunk.text:
             self.started = True
-            if not chunk.text.startswith("{"):
+            if not opens_call(chunk.text):
                 return generation
         self.held = generation if self.held is None else self.held + generation
         if chunk.output is None:

@@ -49,6 +49,7 @@ from ..constraints import Constraint
 from ..conversation import ROLE_ALIASES, Role, canonical_role, merge_turns
 from ..outputs import BacoChunk, BacoOutput, TokenLogProb, Usage, base_fraction
 from ..prompts import Prompt
+from ..tool_calls import opens_call
 from .tool_calling import (
     BoundTools,
     call_names,
@@ -223,7 +224,7 @@ class _CallBuffer:
 
     def push(self, response: ChatResponse) -> ChatResponse | None:
         if self.holding is None and response.message.content:
-            self.holding = response.message.content.startswith("{")
+            self.holding = opens_call(response.message.content)
         finished = "finish_reason" in response.additional_kwargs
         if not self.holding or not finished:
             return None if self.holding else response

@@ -29,7 +29,7 @@ from transformers import PreTrainedTokenizerBase
 from ..decoding.request import DecodingCancelled
 from ..decoding.scheduler import EngineOverloaded
 from ..outputs import BacoChunk, BacoOutput, TokenLogProb, Usage
-from ..tool_calls import ToolCall, ToolSpec, parse_tool_call
+from ..tool_calls import ToolCall, ToolSpec, opens_call, parse_tool_call
 from .errors import error_body, logger, overloaded
 from .metrics import Metrics
 from .responses import (
@@ -103,7 +103,7 @@ async def events(context: StreamContext, pieces: AsyncIterator[Piece]) -> AsyncI
             if piece.output is not None:
                 outputs.setdefault(prompt_index, []).append(piece.output)
             if context.tools and reply.chat and index not in held and piece.text:
-                held[index] = [] if piece.text.startswith("{") else None
+                held[index] = [] if opens_call(piece.text) else None
             waiting = held.get(index)
             if waiting is None:
                 yield text_event(index, piece)
