@@ -76,6 +76,7 @@ def test_a_forced_call_is_valid_for_fifty_seeds(pair_engine: BacoEngine, tool_ch
 
 def test_streamed_calls_come_as_tool_call_chunks(engine: BacoEngine) -> None:
     chat = ChatBaco(engine=engine, max_new_tokens=96).bind_tools([SMALL_ADD], tool_choice="add")
+    compared = 0
     for seed in range(3):
         invoked = chat.invoke("Add 2 and 3.", seed=seed)
         chunks = list(chat.stream("Add 2 and 3.", seed=seed))
@@ -89,6 +90,8 @@ def test_streamed_calls_come_as_tool_call_chunks(engine: BacoEngine) -> None:
                 for c in invoked.tool_calls  # type: ignore[attr-defined]
             ]
             assert total.response_metadata["finish_reason"] == "tool_calls"
+            compared += 1
+    assert compared  # at least one seed's call was complete within the budget
 
 
 async def test_async_calls_and_auto(engine: BacoEngine) -> None:
