@@ -72,9 +72,7 @@ async def events(context: StreamContext, pieces: AsyncIterator[Piece]) -> AsyncI
     outputs: dict[int, list[BacoOutput]] = {}
     #: The legacy log-probs of each choice (their text offsets run on across its chunks).
     legacy: dict[int, LegacyLogprobs] = {}
-    #: With tools: each choice's pieces held back while it may be a call (None once its
-    #: text is known not to be one).
-    held: dict[int, list[BacoChunk] | None] = {}
+    calls = _CallHold(context.tools if reply.chat else ())
     waiting_first = True
 
     def text_event(index: int, piece: BacoChunk) -> str:
@@ -102,25 +100,13 @@ async def events(context: StreamContext, pieces: AsyncIterator[Piece]) -> AsyncI
             index = prompt_index * context.n + piece.sample_index
             if piece.output is not None:
                 outputs.setdefault(prompt_index, []).append(piece.output)
-            if context.tools and reply.chat and index not in held and piece.text:
-                held[index] = [] if opens_call(piece.text) else None
-            waiting = held.get(index)
-            if waiting is None:
-                yield text_event(index, piece)
-                continue
-            waiting.append(piece)
-            if piece.output is None:
-                continue
-            del held[index]  # the choice has ended
-            call = parse_tool_call(piece.output.text, context.tools)
-            if call is None:
-                for each in waiting:
-                    yield text_event(index, each)
-                continue
-            entries = [e for each in waiting for e in each.logprobs or ()]
-            logprobs = None if piece.output.logprobs is None else entries
-            for choice in call_choices(context, index, call, piece.output, logprobs):
-                yield sse(chunk(reply, [choice], include_usage=include_usage))
+            texts, call = calls.push(index, piece)
+            for each in texts:
+                yield text_event(index, each)
+            if call is not None and piece.output is not None:
+                logprobs = None if piece.output.logprobs is None else call[1]
+                for choice in call_choices(context, index, call[0], piece.output, logprobs):
+                    yield sse(chunk(reply, [choice], include_usage=include_usage))
         usage = sum((Usage.of(call) for call in outputs.values()), Usage())
         finished = [output for call in outputs.values() for output in call]
         context.metrics.finished(finished, usage.prompt_tokens)
@@ -136,6 +122,35 @@ async def events(context: StreamContext, pieces: AsyncIterator[Piece]) -> AsyncI
         yield sse(error_body("decoding failed", type="server_error", code="internal_error"))
     finally:
         await pieces.aclose()  # type: ignore[attr-defined]
+
+
+class _CallHold:
+    """With tools: each choice's pieces held back while it may be a call (a reply that opens
+    one), released as text if it ends as anything else."""
+
+    def __init__(self, tools: tuple[ToolSpec, ...]) -> None:
+        self.tools = tools
+        #: Per choice, its held pieces (None once its text is known not to be a call).
+        self.held: dict[int, list[BacoChunk] | None] = {}
+
+    def push(
+        self, index: int, piece: BacoChunk
+    ) -> tuple[list[BacoChunk], tuple[ToolCall, list[TokenLogProb]] | None]:
+        """The pieces to send as text now, and the call (with its tokens' log-probs) when
+        the choice has ended as one."""
+        if self.tools and index not in self.held and piece.text:
+            self.held[index] = [] if opens_call(piece.text) else None
+        waiting = self.held.get(index)
+        if waiting is None:
+            return [piece], None
+        waiting.append(piece)
+        if piece.output is None:
+            return [], None
+        del self.held[index]  # the choice has ended
+        call = parse_tool_call(piece.output.text, self.tools)
+        if call is None:
+            return waiting, None
+        return [], (call, [e for each in waiting for e in each.logprobs or ()])
 
 
 def call_choices(
