@@ -482,7 +482,7 @@ def markdown(rows: list[dict], meta: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> None:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--base", help="base model id or directory (default: a local ~30M pair)")
     parser.add_argument("--aligned", help="aligned model id or directory")
@@ -519,6 +519,11 @@ def main(argv: list[str] | None = None) -> None:
         args.requests = args.requests * len(args.clients)
     if len(args.requests) != len(args.clients):
         parser.error("--requests: one count, or one per --clients count")
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
     if args.offline:
         from baco_integrations.offline import converted_pair
 
