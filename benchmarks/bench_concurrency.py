@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from _engine_watch import StepWatch, work
 
 from baco_integrations import BacoEngine
 
@@ -52,56 +53,6 @@ class Run:
     seconds: float = 0.0
     first_token_s: list[float] = field(default_factory=list)
     work: dict[str, int] = field(default_factory=dict)
-
-
-class StepWatch:
-    """Times the engine's first decoding step after :meth:`arm` (the batched call's time to
-    first token: every row gets its first token at that step), and tells an asyncio loop of
-    each step (the staggered callers start one step apart)."""
-
-    def __init__(self, engine: BacoEngine) -> None:
-        self.start, self.at = 0.0, 0.0
-        self.listeners: list[Callable[[], None]] = []
-        batch = engine.scheduler.batch
-        step = getattr(batch.step, "__wrapped__", batch.step)
-
-        def watched_step() -> Any:
-            changed = step()
-            if not self.at:
-                self.at = time.perf_counter()
-            for listener in list(self.listeners):
-                listener()
-            return changed
-
-        watched_step.__wrapped__ = step  # type: ignore[attr-defined]
-        batch.step = watched_step  # type: ignore[method-assign]
-
-    def arm(self) -> None:
-        self.start, self.at = time.perf_counter(), 0.0
-
-    async def next_step(self, caller: asyncio.Task[Any]) -> None:
-        """Return after the engine's next step (or once ``caller`` ended: no step may come)."""
-        loop, stepped = asyncio.get_running_loop(), asyncio.Event()
-
-        def listener() -> None:
-            loop.call_soon_threadsafe(stepped.set)
-
-        self.listeners.append(listener)
-        try:
-            waiter = asyncio.ensure_future(stepped.wait())
-            await asyncio.wait([waiter, caller], return_when=asyncio.FIRST_COMPLETED)
-            waiter.cancel()
-        finally:
-            self.listeners.remove(listener)
-
-
-def work(engine: BacoEngine) -> dict[str, int]:
-    counters = engine.scheduler.batch.bridge.counters()
-    return {
-        "prefill_rounds": engine.scheduler.prefill_rounds,
-        "base_forwards": counters.base_forward_passes,
-        "aligned_forwards": counters.aligned_forward_passes,
-    }
 
 
 def measured(engine: BacoEngine, fn: Callable[[Run], None]) -> Run:

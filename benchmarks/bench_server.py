@@ -52,6 +52,7 @@ from typing import Any
 
 import httpx
 import torch
+from _engine_watch import StepWatch, work
 
 from baco_integrations import BacoEngine
 
@@ -290,31 +291,6 @@ class Server:
 # ----------------------------------------------------------------------------- in-process
 
 
-class StepWatch:
-    """Times the engine's first decoding step after :meth:`arm` (a batched call's time to
-    first token: every row gets its first token at that step)."""
-
-    def __init__(self, engine: BacoEngine) -> None:
-        self.start, self.at = 0.0, 0.0
-        batch = engine.scheduler.batch
-        step = getattr(batch.step, "__wrapped__", batch.step)
-
-        def watched_step() -> Any:
-            changed = step()
-            if not self.at:
-                self.at = time.perf_counter()
-            return changed
-
-        watched_step.__wrapped__ = step  # type: ignore[attr-defined]
-        batch.step = watched_step  # type: ignore[method-assign]
-
-    def arm(self) -> None:
-        self.start, self.at = time.perf_counter(), 0.0
-
-    def first_step_s(self) -> float:
-        return self.at - self.start if self.at else float("nan")
-
-
 class InProcess:
     """The same prompts on an engine in this process."""
 
@@ -325,13 +301,7 @@ class InProcess:
         self.watch = StepWatch(self.engine)
 
     def work(self) -> dict[str, int]:
-        counters = self.engine.scheduler.batch.bridge.counters()
-        return {
-            "steps": self.engine.load().steps,
-            "prefill_rounds": self.engine.scheduler.prefill_rounds,
-            "base_forwards": counters.base_forward_passes,
-            "aligned_forwards": counters.aligned_forward_passes,
-        }
+        return work(self.engine)
 
     def measured(self, fn: Callable[[Run], None]) -> Run:
         run, before = Run(), self.work()
