@@ -65,6 +65,11 @@ DEFAULT_BASE_TEMPLATE = "{prompt}\n"
 MIN_TEMPERATURE = 1e-5
 #: Routers whose pick is a threshold on a signal, and so take ``base_share``.
 THRESHOLD_ROUTERS = ("P", "H", "P-PUNC", "H-PUNC", "P-FC", "H-FC", "nudging", "random")
+#: The base share a router with a threshold aims at when a call gives neither ``gamma`` nor
+#: ``base_share``: chosen on the tuning half of the packaged prompts on the offline pair
+#: (docs/evaluation.md, Base share on held-out prompts). A share reads the same for every
+#: router, where a default γ would not.
+DEFAULT_BASE_SHARE = 0.2
 #: The most alternatives per token ``top_logprobs`` may ask (OpenAI's and vLLM's cap).
 MAX_TOP_LOGPROBS = 20
 
@@ -176,7 +181,8 @@ class GenerationSettings(BaseModel):
         ge=0.0,
         le=1.0,
         description="Target share of tokens the base model writes, in [0, 1], tracked per "
-        "sample (instead of gamma; routers with a threshold; docs/routers.md).",
+        "sample (instead of gamma; routers with a threshold; docs/routers.md). None: "
+        f"{DEFAULT_BASE_SHARE} for a router with a threshold when gamma is not given either.",
     )
     guard: Float = Field(
         default=0.0,
@@ -360,6 +366,18 @@ class GenerationSettings(BaseModel):
                 gate=self.gate if self.gate is not None else base.gate,
             )
         return RouterConfig(strategy=self.router, gamma=self.gamma, gate=self.gate or "base")
+
+    @property
+    def resolved_base_share(self) -> float | None:
+        """The base share the call aims at: ``base_share``, else :data:`DEFAULT_BASE_SHARE`
+        for a router with a threshold when no ``gamma`` was given either; None when a γ (given,
+        or a router without a threshold) decides."""
+        if self.base_share is not None:
+            return self.base_share
+        config = self.router_config()
+        if config.gamma is None and config.name in THRESHOLD_ROUTERS:
+            return DEFAULT_BASE_SHARE
+        return None
 
     def updated(self, **overrides: Any) -> GenerationSettings:
         """A validated copy with ``overrides`` applied; unknown names raise ``ValueError``."""

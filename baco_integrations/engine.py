@@ -30,6 +30,7 @@ from .decoding import (
     make_samples,
 )
 from .decoding.grammar import SampleMatchers
+from .decoding.guard import check_guard_readable
 from .decoding.pair import pad_id
 from .decoding.scheduler import Listener, Progress, Scheduler, SchedulerLoad
 from .limits import EngineLimits
@@ -502,11 +503,7 @@ class BacoEngine:
             self._check_constrainable()
         self._check_top_logprobs(settings.top_logprobs)
         if settings.guard > 0.0 and not self.pair.shares_tokenizer:
-            raise ValueError(
-                f"guard={settings.guard}: the guard compares a base token with the aligned "
-                "model's distribution at the same position, which needs one tokenizer; this "
-                "pair's tokenizers differ (allowed: guard=0 for a cross-family pair)"
-            )
+            check_guard_readable(self.pair, settings.guard)
         rendered = [
             self._rendered.ids(p, settings.system_prompt, settings.base_template) for p in batch
         ]
@@ -530,9 +527,9 @@ class BacoEngine:
         if settings.logprobs:
             for sample in request.samples:
                 sample.logprobs = []
-        if settings.base_share is not None:
+        if (share := settings.resolved_base_share) is not None:
             prior = self.share_calibration().prior(request.router)
-            request.router = ShareTarget(request.router, settings.base_share, prior)
+            request.router = ShareTarget(request.router, share, prior)
         return request
 
     def share_calibration(self) -> Calibration:
@@ -592,7 +589,7 @@ class BacoEngine:
     def _finished(self, request: Request) -> list[list[BacoOutput]]:
         self.last_stats = request.stats
         outputs = request.outputs()
-        if request.settings.base_share is not None:
+        if request.settings.base_share is not None:  # asked for, not the default
             warn_if_out_of_reach(request.settings, outputs)
         return outputs
 

@@ -38,14 +38,8 @@ class _Unreadable(str):
     """Why llguidance could not read a tokenizer (llguidance's own message)."""
 
 
-def ll_tokenizer(member: PairMember, shared: bool = False) -> Any:
-    """llguidance's view of a model's vocabulary (built once per tokenizer: it reads every
-    token's bytes).
-
-    Raises ``ValueError`` naming the constraint setting, the model and what to do when
-    llguidance cannot read the tokenizer (a Metaspace decoder without byte fallback, as T5's;
-    a slow tokenizer); the failure is cached like a success. ``shared``: the pair's two
-    models share this vocabulary (the message says so)."""
+def _read(member: PairMember) -> Any:
+    """llguidance's reading of the member's tokenizer, or why it failed (cached either way)."""
     import llguidance.hf
 
     cached = _TOKENIZERS.get(member.tokenizer)
@@ -57,6 +51,24 @@ def ll_tokenizer(member: PairMember, shared: bool = False) -> Any:
         except Exception as exc:  # llguidance raises ValueError, or its Rust side's errors
             cached = _Unreadable(str(exc) or type(exc).__name__)
         _TOKENIZERS[member.tokenizer] = cached
+    return cached
+
+
+def unreadable_reason(member: PairMember) -> str | None:
+    """Why llguidance cannot read the member's tokenizer (None: it can)."""
+    cached = _read(member)
+    return str(cached) if isinstance(cached, _Unreadable) else None
+
+
+def ll_tokenizer(member: PairMember, shared: bool = False) -> Any:
+    """llguidance's view of a model's vocabulary (built once per tokenizer: it reads every
+    token's bytes).
+
+    Raises ``ValueError`` naming the constraint setting, the model and what to do when
+    llguidance cannot read the tokenizer (a Metaspace decoder without byte fallback, as T5's;
+    a slow tokenizer); the failure is cached like a success. ``shared``: the pair's two
+    models share this vocabulary (the message says so)."""
+    cached = _read(member)
     if isinstance(cached, _Unreadable):
         model = member.runner.facts.name or "unnamed"
         whose = "the tokenizer both models share, the" if shared else "the"

@@ -23,6 +23,7 @@ import torch
 from ..routers import RouterInputs, checked_choice
 from ..runners import RowsFailed
 from .bridge import Bridge, Fetched
+from .guard import cross_family_guard
 from .pair import ALIGNED, BASE, NO_SOURCE, Pair
 from .randomness import RowRandomness
 from .request import Request
@@ -256,27 +257,33 @@ class Step:
         has_writer = self.writers != NO_SOURCE
         continues = self.continuation[self.writers.clamp_min(0), stay] & has_writer
         if bool(continues.all()):
-            return self._guard(stay, self.writers)
+            return self._guard(stay, self.writers, None)
         boundary = (~continues).tolist()
         self.scores.fetch(self._router_needs(boundary))
         want = self._route(boundary)
         switch = torch.tensor(boundary, device=self.writers.device) & (want != self.writers)
         fresh, switch = self._hand_over(want, switch)
         return self._guard(
-            torch.where(switch, fresh, stay), torch.where(switch, want, self.writers)
+            torch.where(switch, fresh, stay), torch.where(switch, want, self.writers), boundary
         )
 
     def _guard(
-        self, tokens: torch.Tensor, sources: torch.Tensor
+        self, tokens: torch.Tensor, sources: torch.Tensor, boundary: list[bool] | None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``guard``: a base token the aligned model finds implausible (its probability under
         ``guard`` x the aligned top probability) is not kept; the aligned model draws that
-        position instead and writes on (docs/routers.md)."""
+        position instead and writes on (docs/routers.md). Across families only the token that
+        opens a base word is checked, by its bytes (:mod:`.guard`); ``boundary``: the rows
+        at a word boundary this step (None: none)."""
         guarded = [g for g in self.groups if g.request.settings.guard > 0.0]
         if not guarded:
             return tokens, sources
-        sources_host = sources.tolist()
-        checked = {g.start: g.rows([s == BASE for s in sources_host]) for g in guarded}
+        shared = self.pair.shares_tokenizer
+        flags = [
+            s == BASE and (shared or (boundary is not None and boundary[row]))
+            for row, s in enumerate(sources.tolist())
+        ]
+        checked = {g.start: g.rows(flags) for g in guarded}
         self.scores.fetch({ALIGNED: [r for rows in checked.values() for r in rows]})
         tokens, sources = tokens.clone(), sources.clone()
         for group in guarded:
@@ -284,8 +291,12 @@ class Step:
                 continue
             local = torch.tensor([r - group.start for r in rows], device=tokens.device)
             probs = self.scores.probabilities(group, ALIGNED)[local]
-            index = torch.tensor(rows, device=tokens.device)
-            kept = probs.gather(1, tokens[index][:, None])[:, 0]
+            drawn = tokens[torch.tensor(rows, device=tokens.device)]
+            kept = (
+                probs.gather(1, drawn[:, None])[:, 0]
+                if shared
+                else cross_family_guard(self.pair).kept_mass(probs, drawn.tolist())
+            )
             floor = group.request.settings.guard * probs.amax(dim=-1)
             rejected = [r for r, bad in zip(rows, (kept < floor).tolist(), strict=True) if bad]
             if rejected:
@@ -295,8 +306,18 @@ class Step:
     def _redraw(
         self, group: Group, rows: list[int], tokens: torch.Tensor, sources: torch.Tensor
     ) -> None:
-        """The aligned model draws ``rows``' tokens (a guard refused the base's)."""
+        """The aligned model draws ``rows``' tokens (a guard refused the base's). Across
+        families the rows are at a word boundary, and an aligned model that takes over from
+        the base model starts a new word (the hand-over rule); a row where it cannot keeps
+        the base token."""
         scores = self.scores.truncated(group, ALIGNED)
+        if not self.pair.shares_tokenizer:
+            took_over = (self.writers[group.slice] == BASE)[:, None]
+            scores = scores.masked_fill(took_over & self.continuation[ALIGNED], float("-inf"))
+            drawable = torch.isfinite(scores).any(dim=-1).tolist()
+            rows = [r for r in rows if drawable[r - group.start]]
+            if not rows:
+                return
         index = torch.tensor(rows, device=tokens.device)
         tokens[index] = _draw(group, scores, rows, self.randomness)
         sources[index] = ALIGNED

@@ -227,3 +227,18 @@ def test_an_unbounded_integer_ends_well_within_the_budget(engine: BacoEngine, ro
             assert out.finish_reason == "stop", out.text
             assert abs(json.loads(out.text)["minutes"]) <= NUMBER_LIMIT, out.text
             assert len(out.token_ids) <= 32, out.text  # '{"minutes": ', 15 digits, '}'
+
+
+def test_an_unreadable_tokenizer_refuses_the_guard_across_families(
+    metaspace_engine: tuple[BacoEngine, str, Path],
+) -> None:
+    """Across families the guard compares token bytes, read by llguidance: a tokenizer it
+    cannot read refuses the guard, naming it (one tokenizer needs no bytes: the guard runs)."""
+    engine, side, directory = metaspace_engine
+    if engine.pair.shares_tokenizer:
+        outs = engine.generate([PROMPT], guard=0.3, max_new_tokens=8, seed=0)
+        assert outs[0][0].num_tokens > 0
+        return
+    with pytest.raises(ValueError, match=rf"guard=0.3: .*the {side} model's tokenizer .*guard=0"):
+        engine.generate([PROMPT], guard=0.3, max_new_tokens=8)
+

@@ -7,9 +7,10 @@ import statistics
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers.convert_slow_tokenizer import bytes_to_unicode
 
-from baco_integrations import BacoEngine
+from baco_integrations import BacoEngine, BacoOutput
 from baco_integrations.testing import TinyPair
 
 PROMPTS = ["Write a poem about the sea.", "Ideas for a coffee shop", "Why?", "Tell me a story"]
@@ -53,12 +54,17 @@ def test_seeded_base_share_is_reproducible_and_alone_equals_batched(engine: Baco
     assert alone.sources == batched.sources
 
 
-def test_lazy_equals_lock_step_with_base_share_and_guard(engine: BacoEngine) -> None:
-    kwargs = dict(router="P-PUNC", base_share=0.4, guard=0.3, n=2, max_new_tokens=24, seed=5)
-    lazy = engine.generate(PROMPTS, lazy=True, **kwargs)
-    eager = engine.generate(PROMPTS, lazy=False, **kwargs)
+@pytest.mark.parametrize(("pair", "guard"), [("shared", 0.01), ("cross", 0.005)])
+def test_lazy_equals_lock_step_with_base_share_and_guard(
+    engine: BacoEngine, cross_engine: BacoEngine, pair: str, guard: float
+) -> None:
+    decoder = engine if pair == "shared" else cross_engine
+    kwargs = dict(router="random", base_share=0.4, guard=guard, n=2, max_new_tokens=24, seed=5)
+    lazy = decoder.generate(PROMPTS, lazy=True, **kwargs)
+    eager = decoder.generate(PROMPTS, lazy=False, **kwargs)
     assert [[o.token_ids for o in r] for r in lazy] == [[o.token_ids for o in r] for r in eager]
     assert [[o.sources for o in r] for r in lazy] == [[o.sources for o in r] for r in eager]
+    assert any("base" in o.sources for r in lazy for o in r)  # the guard kept some base words
 
 
 @pytest.mark.parametrize("guard", [0.2, 0.6])
@@ -118,9 +124,69 @@ def test_bad_values_are_refused_naming_the_setting(
         engine.generate(PROMPTS[0], max_new_tokens=4, **kwargs)
 
 
-def test_the_guard_is_refused_across_families(cross_engine: BacoEngine) -> None:
-    with pytest.raises(ValueError, match="guard=0.5.*one tokenizer"):
-        cross_engine.generate(PROMPTS[0], guard=0.5, max_new_tokens=4)
+def _opens_a_word(out: BacoOutput, i: int, base_continues: list[bool]) -> bool:
+    """Whether the engine met sample token ``i`` (a base token) at a word boundary."""
+    return i == 0 or out.sources[i - 1] != "base" or not base_continues[out.token_ids[i]]
+
+
+# Two random tiny models of different vocabularies rarely agree: a base word opening passes a
+# guard of 0.05 almost never, so the check uses small guards that keep some.
+@pytest.mark.parametrize("guard", [0.005, 0.02])
+def test_across_families_the_guard_keeps_only_word_openings_the_aligned_model_allows(
+    cross_engine: BacoEngine, tiny_cross_pair: TinyPair, guard: float
+) -> None:
+    """Each base word's opening token: the aligned model's total probability of its tokens
+    whose bytes are a prefix of the token's bytes or start with them (read here from the
+    aligned tokenizer's byte-level vocabulary) is at least guard x its top probability."""
+    model = AutoModelForCausalLM.from_pretrained(tiny_cross_pair.aligned_dir).eval()
+    tokenizer = AutoTokenizer.from_pretrained(tiny_cross_pair.aligned_dir)
+    to_byte = {char: byte for byte, char in bytes_to_unicode().items()}
+    vocab = {
+        v: bytes(to_byte[c] for c in token)
+        for token, v in tokenizer.get_vocab().items()
+        if v not in set(tokenizer.all_special_ids)
+    }
+    base_continues = cross_engine.pair.base.masks.continuation.tolist()
+    outs = cross_engine.generate(
+        PROMPTS, router="random", gamma=0.6, guard=guard, n=2, max_new_tokens=24, seed=3,
+        logprobs=True,
+    )
+    checked = 0
+    for prompt, row in zip(PROMPTS, outs, strict=True):
+        prompt_ids = cross_engine.encode_prompts(prompt)["aligned"]
+        for out in row:
+            pieces = [bytes(lp.bytes) for lp in out.logprobs or ()]
+            for i, source in enumerate(out.sources):
+                if source != "base" or not _opens_a_word(out, i, base_continues):
+                    continue
+                try:
+                    text = b"".join(pieces[:i]).decode()
+                except UnicodeDecodeError:
+                    continue  # the text so far ends inside a character: no clean check
+                written = tokenizer.encode(text, add_special_tokens=False)
+                with torch.inference_mode():
+                    logits = model(input_ids=torch.tensor([prompt_ids + written])).logits
+                probs = torch.softmax(logits[0, -1].float(), dim=-1)
+                piece = pieces[i]
+                mass = sum(
+                    float(probs[v])
+                    for v, b in vocab.items()
+                    if b and (b.startswith(piece) or piece.startswith(b))
+                )
+                assert mass >= guard * float(probs.max()) - 1e-5, (piece, mass)
+                checked += 1
+    assert checked > 0  # the base model did open words under the guard
+
+
+def test_across_families_the_guard_sends_words_back_to_the_aligned_model(
+    cross_engine: BacoEngine,
+) -> None:
+    kwargs = dict(router="random", gamma=0.6, n=4, max_new_tokens=32, seed=3)
+    free = [o.base_fraction for r in cross_engine.generate(PROMPTS, **kwargs) for o in r]
+    guarded = [
+        o.base_fraction for r in cross_engine.generate(PROMPTS, guard=0.9, **kwargs) for o in r
+    ]
+    assert statistics.mean(guarded) < statistics.mean(free)
 
 
 def test_base_share_across_families(cross_engine: BacoEngine) -> None:

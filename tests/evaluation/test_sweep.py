@@ -593,7 +593,8 @@ def test_base_shares_are_an_axis_and_the_builtin_prompts_have_fixed_halves(
 def test_a_point_the_pair_refuses_stops_the_sweep_before_generating(
     tiny_cross_pair: TinyPair, cross_engine: BacoEngine, tmp_path: Path
 ) -> None:
-    """The guard needs one tokenizer: on a cross-family pair the sweep says so up front."""
+    """A setting past the engine's limits (stop strings longer than its max_stop_chars): the
+    sweep says so up front."""
     from baco_integrations.evaluation.sweep.errors import SweepConfigError
 
     config = make_config(
@@ -601,10 +602,10 @@ def test_a_point_the_pair_refuses_stops_the_sweep_before_generating(
         tmp_path,
         methods=[
             {"name": "aligned T", "router": "aligned", "temperatures": [1.0]},
-            {"name": "guarded", "router": "P", "gammas": [0.3], "guard": 0.2},
+            {"name": "long stop", "router": "P", "gammas": [0.3], "stop": ["x" * 10_001]},
         ],
     )
     counting = CountingEngine(cross_engine)
-    with pytest.raises(SweepConfigError, match="method 'guarded'.*guard=0.2"):
+    with pytest.raises(SweepConfigError, match="method 'long stop'.*stop"):
         run_sweep(config, engine=counting, embedder=HashEmbedder(), progress=False)
     assert counting.calls == 0

@@ -49,6 +49,7 @@ _SWEEP_AXES: dict[str, str] = {
     "base_shares": "base_share",
     "temperatures": "temperature",
     "min_ps": "min_p",
+    "guards": "guard",
 }
 
 
@@ -64,12 +65,18 @@ class OperatingPoint:
 
     @property
     def gamma(self) -> float | None:
-        """The γ the router uses (its default when none is set), or None if it reads none."""
-        router = self.settings["router"]
-        if router not in DEFAULT_GAMMA or self.settings.get("base_share") is not None:
-            return None  # no γ, or one that each sample sets itself (base_share)
+        """The γ the router uses, or None if it reads none or each sample sets its own (a
+        ``base_share``, given or the default one a call without γ aims at)."""
+        if self.settings["router"] not in DEFAULT_GAMMA:
+            return None
         gamma = self.settings.get("gamma")
-        return float(gamma) if gamma is not None else DEFAULT_GAMMA[router]
+        return float(gamma) if gamma is not None else None
+
+    @property
+    def base_share(self) -> float | None:
+        """The base share each sample aims at (given, or the default of a router with a
+        threshold and no γ), or None where a γ decides."""
+        return GenerationSettings.model_validate(self.settings).resolved_base_share
 
 
 def _format_value(value: float) -> str:
@@ -79,8 +86,8 @@ def _format_value(value: float) -> str:
 class MethodConfig(BaseModel):
     """One method: a router and at most one swept setting, plus fixed settings.
 
-    ``gammas``, ``base_shares``, ``temperatures`` or ``min_ps`` lists the operating points;
-    with none of them the method has a single point. Any other key is a fixed
+    ``gammas``, ``base_shares``, ``temperatures``, ``min_ps`` or ``guards`` lists the
+    operating points; with none of them the method has a single point. Any other key is a fixed
     :class:`~baco_integrations.GenerationSettings` field (``temperature``, ``top_p``, ``gate``,
     ``system_prompt``...), except ``n``, ``seed`` and ``max_new_tokens``, which are set for
     the whole sweep so that every method is compared on equal terms.
@@ -95,6 +102,8 @@ class MethodConfig(BaseModel):
     base_shares: list[float] | None = None
     temperatures: list[float] | None = None
     min_ps: list[float] | None = None
+    #: Quality guards (``guard``).
+    guards: list[float] | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -116,7 +125,7 @@ class MethodConfig(BaseModel):
     def _canonical_router(cls, value: str) -> str:
         return canonical_router_name(value)
 
-    @field_validator("gammas", "base_shares", "temperatures", "min_ps")
+    @field_validator("gammas", "base_shares", "temperatures", "min_ps", "guards")
     @classmethod
     def _check_list(cls, value: list[float] | None) -> list[float] | None:
         if value is None:

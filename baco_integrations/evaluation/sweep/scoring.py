@@ -238,6 +238,7 @@ def _point_columns(point: OperatingPoint, records: Sequence[Mapping[str, Any]]) 
         "parameter": point.parameter,
         "value": point.value,
         "gamma": point.gamma,
+        "base_share": point.base_share,
         "temperature": float(point.settings.get("temperature", 1.0)),
         "min_p": float(point.settings.get("min_p", 0.0)),
         "prompts": len(records),
