@@ -428,6 +428,11 @@ class BacoEngine:
                 f"{type(cancel).__name__}"
             )
         request = self.prepare(prompts, self.resolve_settings(settings, **overrides))
+        self._decode(request, cancel)
+        return self._finished(request)
+
+    def _decode(self, request: Request, cancel: threading.Event | None = None) -> None:
+        """Submit ``request`` to the shared loop and wait for it (cancelled on any error)."""
         events: queue.SimpleQueue[Progress] = queue.SimpleQueue()
         ticket = self.scheduler.submit(request, events.put, cancel)
         try:
@@ -435,7 +440,6 @@ class BacoEngine:
         except BaseException:
             self.scheduler.cancel(ticket)
             raise
-        return self._finished(request)
 
     async def agenerate(
         self,
@@ -446,7 +450,10 @@ class BacoEngine:
     ) -> list[list[BacoOutput]]:
         """:meth:`generate` for asyncio, with no thread per call: the call joins the shared
         decoding loop and is awaited; cancelling the task takes its rows out at once."""
-        request = self.prepare(prompts, self.resolve_settings(settings, **overrides))
+        request = self.prepare(
+            prompts, self.resolve_settings(settings, **overrides), calibrate=False
+        )
+        await self._aim_at_share_async(request)
         loop = asyncio.get_running_loop()
         events: asyncio.Queue[Progress] = asyncio.Queue()
         ticket = self.scheduler.submit(request, _on_loop(loop, events))
@@ -486,19 +493,36 @@ class BacoEngine:
         thread per call. Settings are validated here; ``aclose()`` or cancelling the consumer
         takes the call out of the batch."""
         request = self.prepare(
-            [_one_prompt(prompt)], self.resolve_settings(settings, **overrides), streaming=True
+            [_one_prompt(prompt)],
+            self.resolve_settings(settings, **overrides),
+            streaming=True,
+            calibrate=False,
         )
         return self._astream(request)
 
     # ----------------------------------------------------------------- requests
 
     def prepare(
-        self, prompts: object, settings: GenerationSettings, streaming: bool = False
+        self,
+        prompts: object,
+        settings: GenerationSettings,
+        streaming: bool = False,
+        *,
+        calibrate: bool = True,
     ) -> Request:
         """A validated request: sizes checked before tokenizing, prompts rendered for each
-        model, the step budget fitted to the context window."""
+        model, the step budget fitted to the context window. ``calibrate=False`` leaves a
+        base-share target to :meth:`aim_at_share` (asyncio callers calibrate off the loop)."""
         batch = normalize_prompts(prompts)
         self.limits.check_call(batch, settings)  # sizes, before tokenizing or allocating
+        request = self._request(batch, settings, streaming)
+        if calibrate:
+            self.aim_at_share(request)
+        return request
+
+    def _request(
+        self, batch: list[Prompt], settings: GenerationSettings, streaming: bool
+    ) -> Request:
         if settings.constraint is not None:
             self._check_constrainable()
         self._check_top_logprobs(settings.top_logprobs)
@@ -527,28 +551,41 @@ class BacoEngine:
         if settings.logprobs:
             for sample in request.samples:
                 sample.logprobs = []
-        if (share := settings.resolved_base_share) is not None:
+        return request
+
+    def aim_at_share(self, request: Request) -> None:
+        """Give a request that aims at a base share (given, or the default one) its
+        per-sample thresholds; the first such call calibrates the pair."""
+        share = request.settings.resolved_base_share
+        if share is not None and not isinstance(request.router, ShareTarget):
             prior = self.share_calibration().prior(request.router)
             request.router = ShareTarget(request.router, share, prior)
-        return request
+
+    async def _aim_at_share_async(self, request: Request) -> None:
+        """:meth:`aim_at_share` without blocking the event loop on the first calibration."""
+        if request.settings.resolved_base_share is not None and self._calibration is None:
+            await asyncio.to_thread(self.share_calibration)
+        self.aim_at_share(request)
 
     def share_calibration(self) -> Calibration:
         """The pair's signals at word boundaries that ``base_share`` starts each sample's
         threshold from: the packaged tuning prompts decoded once (24 tokens, seed 0, both
-        models at every step), on the first call that asks, then kept (docs/routers.md)."""
+        models at every step), on the first call that asks, then kept (docs/routers.md).
+        It is the engine's own fixed work, so a call's size limits do not apply to it."""
         with self._calibration_lock:
             if self._calibration is None:
                 recorder = CalibrationRecorder()
-                stats = self.last_stats
-                self.generate(
-                    list(calibration_prompts()),
+                settings = GenerationSettings(
                     router=recorder,
                     lazy=False,
                     temperature=1.0,
                     max_new_tokens=CALIBRATION_TOKENS,
                     seed=0,
                 )
-                self.last_stats = stats  # the calibration is not the caller's call
+                prompts: list[Prompt] = list(calibration_prompts())
+                width = self.limits.max_live_rows  # the most rows the scheduler takes
+                for start in range(0, len(prompts), width):
+                    self._decode(self._request(prompts[start : start + width], settings, False))
                 self._calibration = recorder.calibration()
             return self._calibration
 
@@ -604,6 +641,7 @@ class BacoEngine:
             self.scheduler.cancel(ticket)  # a no-op once the request has finished
 
     async def _astream(self, request: Request) -> AsyncIterator[BacoChunk]:
+        await self._aim_at_share_async(request)
         events: asyncio.Queue[Progress] = asyncio.Queue()
         ticket = self.scheduler.submit(request, _on_loop(asyncio.get_running_loop(), events))
         try:

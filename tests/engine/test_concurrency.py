@@ -213,6 +213,9 @@ def test_limits_queue_and_refuse(tiny_pair: Any) -> None:
     engine = BacoEngine.from_pretrained(tiny_pair.base_dir, tiny_pair.aligned_dir, limits=limits)
     with pytest.raises(ValueError, match="max_live_rows=2"):
         engine.generate("hi", n=3)
+    # The default base share's one-off calibration, done before the loop is held: it would
+    # otherwise be the call waiting in the queue.
+    engine.share_calibration()
     gate = DecodingGate()
     with ThreadPoolExecutor(3) as pool:
         holding = pool.submit(engine.generate, "hold", router=gate, n=2, max_new_tokens=3)

@@ -241,4 +241,3 @@ def test_an_unreadable_tokenizer_refuses_the_guard_across_families(
         return
     with pytest.raises(ValueError, match=rf"guard=0.3: .*the {side} model's tokenizer .*guard=0"):
         engine.generate([PROMPT], guard=0.3, max_new_tokens=8)
-

@@ -97,6 +97,7 @@ def test_static_cache_is_preallocated(static_engine: BacoEngine, monkeypatch) ->
         sizes.append(kwargs["max_cache_len"])
         original(self, *args, **kwargs)
 
+    static_engine.share_calibration()  # the default base share's one-off decode, not spied
     monkeypatch.setattr(StaticCache, "__init__", spy)
     static_engine.generate(PROMPTS[0], router="random", max_new_tokens=12, seed=0)
     prompt = static_engine.encode_prompts(PROMPTS[0])

@@ -148,7 +148,13 @@ def test_across_families_the_guard_keeps_only_word_openings_the_aligned_model_al
     }
     base_continues = cross_engine.pair.base.masks.continuation.tolist()
     outs = cross_engine.generate(
-        PROMPTS, router="random", gamma=0.6, guard=guard, n=2, max_new_tokens=24, seed=3,
+        PROMPTS,
+        router="random",
+        gamma=0.6,
+        guard=guard,
+        n=2,
+        max_new_tokens=24,
+        seed=3,
         logprobs=True,
     )
     checked = 0

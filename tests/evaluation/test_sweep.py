@@ -435,7 +435,10 @@ def test_config_defaults_and_operating_points() -> None:
     ]
     assert points[0].settings == {"router": "P-PUNC", "gate": "aligned", "gamma": 0.1}
     assert points[3].settings == {"router": "aligned", "temperature": 1.5, "min_p": 0.1}
-    assert points[4].gamma == 0.3 and points[2].gamma is None  # the router's default γ
+    # nudging with no γ aims at the default base share; a γ point reads its γ
+    assert points[4].gamma is None and points[4].base_share == 0.2
+    assert points[0].gamma == 0.1 and points[0].base_share is None
+    assert points[2].gamma is None and points[2].base_share is None  # aligned: neither
     with_reward = MetricsConfig(reward_model="rm")
     assert with_reward.quality == ["reward", "logprob"]
     assert with_reward.planes_to_plot() == [("distinct_1", "reward"), ("cosine_distance", "reward")]
