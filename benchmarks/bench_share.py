@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> None:
     for target in args.targets:
         values, speed = shares(engine, prompts, base_share=target, **common)
         guarded, guarded_speed = [math.nan], math.nan
-        if args.guard and engine.pair.shares_tokenizer:  # the guard needs one tokenizer
+        if args.guard:  # across families it checks each base word's opening token
             guarded, guarded_speed = shares(
                 engine, prompts, base_share=target, guard=args.guard, **common
             )
