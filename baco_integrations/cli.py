@@ -31,6 +31,8 @@ EXIT_INTERRUPTED = 130
 _SETTING_OPTIONS = (
     "router",
     "gamma",
+    "base_share",
+    "guard",
     "gate",
     "n",
     "max_new_tokens",
@@ -60,7 +62,18 @@ def _add_generate(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     p.add_argument("--base", required=True, help="base model: hub id, directory or GGUF file")
     p.add_argument("--aligned", required=True, help="aligned model: hub id, directory or GGUF")
     p.add_argument("--router", default="P-PUNC", help="router name (default: P-PUNC)")
-    p.add_argument("--gamma", type=float, help="router threshold (default: the router's own)")
+    p.add_argument(
+        "--base-share",
+        type=float,
+        help="share of each sample the base model writes, in [0, 1] (default: 0.2 for a "
+        "router with a threshold, unless --gamma is given)",
+    )
+    p.add_argument("--gamma", type=float, help="raw router threshold instead of --base-share")
+    p.add_argument(
+        "--guard",
+        type=float,
+        help="keep a base word only if the aligned model finds it plausible: 0 (off, default) to 1",
+    )
     p.add_argument("--gate", choices=("base", "aligned"), help="model the P/H rules read")
     p.add_argument("-n", type=int, default=1, help="samples (default: 1)")
     p.add_argument("--max-new-tokens", type=int, help="most tokens per sample (default: 128)")

@@ -71,14 +71,46 @@ def test_generate_json_and_stdin(
         assert row["num_tokens"] == 0 or row["base_fraction"] == 1.0
 
 
+def test_generate_takes_base_share_and_guard(
+    tiny_pair: TinyPair, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from baco_integrations import BacoEngine
+
+    argv = [
+        "generate",
+        *pair_args(tiny_pair),
+        "--base-share",
+        "0.5",
+        "--guard",
+        "0.01",
+        "--max-new-tokens",
+        "12",
+        "--seed",
+        "3",
+        "--json",
+        "Suggest a name for a cat.",
+    ]
+    assert main(argv) == 0
+    (row,) = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    engine = BacoEngine.from_pretrained(tiny_pair.base_dir, tiny_pair.aligned_dir)
+    ((expected,),) = engine.generate(
+        "Suggest a name for a cat.", base_share=0.5, guard=0.01, max_new_tokens=12, seed=3
+    )
+    assert (row["text"], row["base_fraction"]) == (expected.text, expected.base_fraction)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [(["--gamma", "1.5"], "gamma=1.5 is out of range"), (["--guard", "2"], "guard")],
+)
 def test_generate_rejects_bad_settings_before_loading(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], options: list[str], message: str
 ) -> None:
     # The model paths do not exist: the error must come from validation, not loading.
     missing = str(tmp_path / "missing")
-    argv = ["generate", "--base", missing, "--aligned", missing, "--gamma", "1.5", "hi"]
+    argv = ["generate", "--base", missing, "--aligned", missing, *options, "hi"]
     assert main(argv) == EXIT_USAGE
-    assert "gamma=1.5 is out of range" in capsys.readouterr().err
+    assert message in capsys.readouterr().err
 
 
 def test_sweep_resumes_and_writes_outputs(
