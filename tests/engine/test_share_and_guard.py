@@ -214,3 +214,31 @@ def test_a_reachable_target_is_not_warned_about(engine: BacoEngine) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)
         engine.generate(PROMPTS, router="P", base_share=0.3, max_new_tokens=24, seed=1)
+
+
+def test_asyncio_callers_calibrate_off_the_event_loop(tiny_pair: TinyPair) -> None:
+    """The default base share needs the pair's calibration on the first call; agenerate and
+    astream run it in a worker thread, never on the event loop's own thread."""
+    import asyncio
+    import threading
+
+    engine = BacoEngine.from_pretrained(tiny_pair.base_dir, tiny_pair.aligned_dir)
+    calibrated_on: list[threading.Thread] = []
+    calibrate = engine.share_calibration
+
+    def spy() -> object:
+        calibrated_on.append(threading.current_thread())
+        return calibrate()
+
+    engine.share_calibration = spy  # type: ignore[method-assign]
+
+    async def calls() -> threading.Thread:
+        await engine.agenerate(PROMPTS[0], max_new_tokens=4, seed=0)
+        async for _ in engine.astream(PROMPTS[1], max_new_tokens=4, seed=0):
+            pass
+        return threading.current_thread()
+
+    loop_thread = asyncio.run(calls())
+    # the first call decodes the calibration; later ones only read it back
+    assert calibrated_on and calibrated_on[0] is not loop_thread
+    engine.shutdown()
