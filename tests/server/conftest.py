@@ -61,9 +61,9 @@ def gate_calls(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[BacoEngine
         prepare = engine.prepare
 
         def with_gate(
-            prompts: object, settings: GenerationSettings, streaming: bool = False
+            prompts: object, settings: GenerationSettings, streaming: bool = False, **kwargs: Any
         ) -> Any:
-            return prepare(prompts, settings.updated(router=gate), streaming)
+            return prepare(prompts, settings.updated(router=gate), streaming, **kwargs)
 
         monkeypatch.setattr(engine, "prepare", with_gate)
         gated.append((engine, gate))

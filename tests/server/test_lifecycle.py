@@ -128,7 +128,9 @@ def test_a_stream_that_fails_midway_ends_with_an_error_event(
     monkeypatch.setattr(
         engine,
         "prepare",
-        lambda p, s, streaming=False: prepare(p, s.updated(router=BrokenRouter()), streaming),
+        lambda p, s, streaming=False, **kw: prepare(
+            p, s.updated(router=BrokenRouter()), streaming, **kw
+        ),
     )
     with (
         httpx.Client(timeout=HANG_GUARD_S) as http,
