@@ -14,6 +14,8 @@ from baco_integrations import BacoEngine, BacoOutput
 from baco_integrations.testing import TinyPair
 
 PROMPTS = ["Write a poem about the sea.", "Ideas for a coffee shop", "Why?", "Tell me a story"]
+#: The guard's checks: a coin sends many words to base, so the guard has tokens to judge.
+GUARDED = dict(router="random", gamma=0.6, n=2, max_new_tokens=24, seed=3)
 
 
 @pytest.mark.parametrize("router", ["P", "H", "nudging", "random"])
@@ -72,16 +74,7 @@ def test_the_guard_never_keeps_a_base_token_below_its_threshold(
     engine: BacoEngine, tiny_pair: TinyPair, guard: float
 ) -> None:
     model = AutoModelForCausalLM.from_pretrained(tiny_pair.aligned_dir).eval()
-    outs = engine.generate(
-        PROMPTS,
-        router="random",
-        gamma=0.6,
-        guard=guard,
-        n=2,
-        max_new_tokens=24,
-        seed=3,
-        temperature=1.0,
-    )
+    outs = engine.generate(PROMPTS, guard=guard, temperature=1.0, **GUARDED)
     checked = 0
     for prompt, row in zip(PROMPTS, outs, strict=True):
         prompt_ids = engine.encode_prompts(prompt)["aligned"]
@@ -147,16 +140,7 @@ def test_across_families_the_guard_keeps_only_word_openings_the_aligned_model_al
         if v not in set(tokenizer.all_special_ids)
     }
     base_continues = cross_engine.pair.base.masks.continuation.tolist()
-    outs = cross_engine.generate(
-        PROMPTS,
-        router="random",
-        gamma=0.6,
-        guard=guard,
-        n=2,
-        max_new_tokens=24,
-        seed=3,
-        logprobs=True,
-    )
+    outs = cross_engine.generate(PROMPTS, guard=guard, logprobs=True, **GUARDED)
     checked = 0
     for prompt, row in zip(PROMPTS, outs, strict=True):
         prompt_ids = cross_engine.encode_prompts(prompt)["aligned"]
