@@ -43,8 +43,9 @@ ROUTER_NAMES: tuple[str, ...] = (
 )
 _CANONICAL = {name.lower(): name for name in ROUTER_NAMES}
 
-#: gamma used when a router reads it and the user gave none. P-style thresholds are
-#: probabilities, H-style ones are entropies in nats.
+#: gamma a router is built with when none is given (``build_router``). A call without gamma
+#: aims at DEFAULT_BASE_SHARE instead, which sets each sample's threshold itself. P-style
+#: thresholds are probabilities, H-style ones are entropies in nats.
 DEFAULT_GAMMA: dict[str, float] = {
     "random": 0.5,
     "P": 0.5,

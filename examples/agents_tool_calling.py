@@ -92,9 +92,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     engine = engine_for(args.tiny)
-    settings = {"max_new_tokens": args.max_new_tokens, "seed": args.seed}
-    if not args.tiny:  # the tiny pair has no calibration worth a target share
-        settings |= {"router": "P-PUNC", "base_share": args.base_share}
+    settings = {
+        "router": "P-PUNC",
+        "base_share": args.base_share,
+        "max_new_tokens": args.max_new_tokens,
+        "seed": args.seed,
+    }
 
     print("== LangGraph ReAct agent on ChatBaco")
     for message in langgraph_agent(ChatBaco(engine=engine, **settings)):

@@ -66,28 +66,33 @@ class CrossFamilyGuard:
         # No reference to the pair or its tokenizers: the cache below is keyed by them.
         self._base = ll_tokenizer(pair.base)
         self._aligned = _AlignedPieces(pair.aligned)
-        self._compatible: dict[int, torch.Tensor | None] = {}
+        #: Per (base token, device): its compatible aligned ids, already on that device,
+        #: so a step copies nothing to the device for a token it has met before.
+        self._compatible: dict[tuple[int, torch.device], torch.Tensor | None] = {}
 
     def kept_mass(self, aligned_probs: torch.Tensor, base_tokens: Sequence[int]) -> torch.Tensor:
         """For each row of ``aligned_probs`` (``[rows, width]``), the aligned probability that
         the text goes on with its base token's bytes; ``inf`` for a token with no bytes to
         compare (a special token), which the guard always keeps."""
-        kept = torch.full((len(base_tokens),), float("inf"), device=aligned_probs.device)
+        device = aligned_probs.device
+        kept = torch.full((len(base_tokens),), float("inf"), device=device)
         for row, token in enumerate(base_tokens):
-            ids = self._ids(token)
+            ids = self._ids(token, device)
             if ids is not None:
-                kept[row] = aligned_probs[row, ids.to(aligned_probs.device)].sum()
+                kept[row] = aligned_probs[row, ids].sum()
         return kept
 
-    def _ids(self, base_token: int) -> torch.Tensor | None:
-        if base_token not in self._compatible:
+    def _ids(self, base_token: int, device: torch.device) -> torch.Tensor | None:
+        key = (base_token, device)
+        if key not in self._compatible:
             piece = (
                 None
                 if self._base.is_special_token(base_token)
                 else self._base.decode_bytes([base_token])
             )
-            self._compatible[base_token] = self._aligned.compatible(piece) if piece else None
-        return self._compatible[base_token]
+            ids = self._aligned.compatible(piece) if piece else None
+            self._compatible[key] = None if ids is None else ids.to(device)
+        return self._compatible[key]
 
 
 _GUARDS: weakref.WeakKeyDictionary[object, weakref.WeakKeyDictionary[object, CrossFamilyGuard]]

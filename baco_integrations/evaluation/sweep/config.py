@@ -67,10 +67,9 @@ class OperatingPoint:
     def gamma(self) -> float | None:
         """The γ the router uses, or None if it reads none or each sample sets its own (a
         ``base_share``, given or the default one a call without γ aims at)."""
-        if self.settings["router"] not in DEFAULT_GAMMA:
-            return None
         gamma = self.settings.get("gamma")
-        return float(gamma) if gamma is not None else None
+        read = gamma is not None and self.settings["router"] in DEFAULT_GAMMA
+        return float(gamma) if read else None
 
     @property
     def base_share(self) -> float | None:

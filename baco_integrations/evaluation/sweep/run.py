@@ -182,9 +182,9 @@ def generate_batches(
 def check_points_fit(
     config: SweepConfig, todo: Sequence[tuple[OperatingPoint, PromptItem]], engine: Any
 ) -> None:
-    """Every point still to generate is one the engine accepts for this pair (a guard needs
-    one tokenizer, ...): prepared once each before anything is generated, so a sweep does not
-    stop halfway on a setting the pair refuses."""
+    """Every point still to generate is one the engine accepts for this pair (its limits, a
+    tokenizer the guard or a constraint can read, ...): prepared once each before anything
+    is generated, so a sweep does not stop halfway on a setting the pair refuses."""
     if not hasattr(engine, "prepare"):  # an engine that only generates (a test's stand-in)
         return
     seen: set[str] = set()
